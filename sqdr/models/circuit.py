@@ -1,0 +1,116 @@
+"""The data re-uploading circuit (Pérez-Salinas et al., Quantum 4:226, 2020), as one spec and one module.
+
+Per block ``b`` and qubit ``i``: ``Rot(x[i, 0], x[i, 1], x[i, 2])`` with the data angles (the same in
+every block: that is the re-uploading), then a trainable ``Rot(θ[b, i, :])``; between blocks an entangler
+of CZ gates (``chain``: (i, i+1); ``ring``: the chain closed by (n-1, 0)); finally ``<Z_i>`` on every
+qubit. Data angles are ``feature_scale * features``, features being the encoder's firing rates in [0, 1].
+
+:class:`ReuploadCircuit` owns the trainable angles and delegates execution to an engine. All engines
+read the same :class:`CircuitSpec` and the same ``weights`` tensor, so a ``state_dict`` moves freely
+between engines.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+from torch import nn
+
+from sqdr.models.noise import NoiseModel, NoiseSpec
+
+Entangler = Literal["chain", "ring"]
+Init = Literal["normal", "uniform"]
+EngineName = Literal["fused", "lightning", "default.qubit", "default.mixed"]
+
+
+@dataclass(frozen=True)
+class CircuitSpec:
+    """Everything that defines the circuit's function, independent of how it is simulated."""
+
+    n_qubits: int = 9
+    n_blocks: int = 2
+    entangler: Entangler = "chain"
+    noise: NoiseModel | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_qubits < 1:
+            raise ValueError(f"n_qubits must be at least 1, got {self.n_qubits}.")
+        if self.n_blocks < 1:
+            raise ValueError(f"n_blocks must be at least 1, got {self.n_blocks}.")
+        if self.entangler not in ("chain", "ring"):
+            raise ValueError(f"Unknown entangler {self.entangler!r}; choose 'chain' or 'ring'.")
+
+    @property
+    def cz_pairs(self) -> list[tuple[int, int]]:
+        """The CZ gates of one entangler layer, in order."""
+        pairs = [(i, i + 1) for i in range(self.n_qubits - 1)]
+        if self.entangler == "ring" and self.n_qubits > 2:
+            pairs.append((self.n_qubits - 1, 0))
+        return pairs
+
+    @property
+    def n_features(self) -> int:
+        return 3 * self.n_qubits
+
+
+def init_weights(weights: torch.Tensor, init: Init, init_range: Sequence[float]) -> None:
+    """The reference initialisations: truncated N(0, 1) on ``init_range`` or uniform on it."""
+    low, high = init_range
+    if init == "normal":
+        nn.init.trunc_normal_(weights, mean=0.0, std=1.0, a=low, b=high)
+    elif init == "uniform":
+        nn.init.uniform_(weights, low, high)
+    else:
+        raise ValueError(f"Unknown init {init!r}; choose 'normal' or 'uniform'.")
+
+
+class ReuploadCircuit(nn.Module):
+    """Trainable angles ``weights`` of shape ``(n_blocks, n_qubits, 3)`` and the engine that runs them.
+
+    ``forward(features)`` maps ``(B, 3 * n_qubits)`` features to ``(B, n_qubits)`` expectations ``<Z_i>``.
+    """
+
+    def __init__(
+        self,
+        n_qubits: int = 9,
+        n_blocks: int = 2,
+        entangler: Entangler = "chain",
+        engine: EngineName = "fused",
+        noise: NoiseSpec = None,
+        shots: int | None = None,
+        feature_scale: float = 1.0,
+        init: Init = "normal",
+        init_range: Sequence[float] = (0.0, 2 * math.pi),
+    ) -> None:
+        super().__init__()
+        from sqdr.models.engines import make_engine
+
+        self.spec = CircuitSpec(n_qubits, n_blocks, entangler, NoiseModel.parse(noise))
+        self.feature_scale = feature_scale
+        self.weights = nn.Parameter(torch.empty(n_blocks, n_qubits, 3))
+        init_weights(self.weights.data, init, init_range)
+        self.engine = make_engine(engine, self.spec, shots)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.shape[-1] != self.spec.n_features:
+            raise ValueError(
+                f"The circuit reads {self.spec.n_features} features (3 per qubit), got {features.shape[-1]}."
+            )
+        angles = (self.feature_scale * features).reshape(-1, self.spec.n_qubits, 3)
+        return self.engine(angles, self.weights.to(angles.dtype))
+
+    def set_engine(self, engine: EngineName, shots: int | None = None) -> None:
+        """Swap the simulator, keeping the trained angles (used to certify a model on PennyLane)."""
+        from sqdr.models.engines import make_engine
+
+        self.engine = make_engine(engine, self.spec, shots)
+
+    def extra_repr(self) -> str:
+        spec = self.spec
+        return (
+            f"n_qubits={spec.n_qubits}, n_blocks={spec.n_blocks}, entangler={spec.entangler!r}, "
+            f"engine={self.engine.name!r}, noise={spec.noise}, feature_scale={self.feature_scale}"
+        )

@@ -1,0 +1,134 @@
+"""The convolutional spiking encoder (snnTorch neurons, surrogate gradients).
+
+Stateless layers (convolution, batch norm, pooling, linear) run once on all time steps folded into the
+batch, which is both faster and what the reference does (its BatchNorm sees T x B samples). Only the
+neurons step through time, with their membrane potential kept as a local variable of ``forward``:
+no hidden state survives a call, so two models never share state and no global reset is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Sequence
+
+import snntorch as snn
+import torch
+from snntorch import surrogate as snn_surrogate
+from torch import nn
+
+Neuron = Literal["if", "leaky"]
+Surrogate = Literal["atan", "fast_sigmoid", "sigmoid", "triangular", "straight_through"]
+
+# BatchNorm momentum of the reference implementation.
+REFERENCE_BN_MOMENTUM = math.sqrt(0.1)
+
+
+class SpikeFunction:
+    """Heaviside spike with one of snnTorch's surrogate gradients.
+
+    snnTorch's own factories (``surrogate.atan()``, ...) return closures, which cannot be pickled; this
+    small callable applies the same ``torch.autograd.Function`` classes and pickles cleanly.
+    """
+
+    FUNCTIONS = {
+        "atan": snn_surrogate.ATan,
+        "fast_sigmoid": snn_surrogate.FastSigmoid,
+        "sigmoid": snn_surrogate.Sigmoid,
+        "triangular": snn_surrogate.Triangular,
+        "straight_through": snn_surrogate.StraightThroughEstimator,
+    }
+
+    def __init__(self, name: Surrogate, slope: float) -> None:
+        if name not in self.FUNCTIONS:
+            raise ValueError(f"Unknown surrogate {name!r}; choose one of {sorted(self.FUNCTIONS)}.")
+        self.name = name
+        self.slope = slope
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        function = self.FUNCTIONS[self.name]
+        if self.name == "straight_through":
+            return function.apply(x)
+        return function.apply(x, self.slope)
+
+    def __repr__(self) -> str:
+        return f"SpikeFunction({self.name!r}, slope={self.slope})"
+
+
+def make_neuron(neuron: Neuron, beta: float, threshold: float, surrogate: Surrogate, slope: float) -> snn.Leaky:
+    """An snnTorch neuron with hard reset to zero in the step it fires.
+
+    Integrate-and-fire is ``snn.Leaky`` with ``beta = 1`` (no leak); ``reset_delay=False`` makes the reset
+    happen in the firing step, as in the paper's IF neuron.
+    """
+    if neuron not in ("if", "leaky"):
+        raise ValueError(f"Unknown neuron {neuron!r}; choose 'if' (integrate-and-fire) or 'leaky'.")
+    return snn.Leaky(
+        beta=1.0 if neuron == "if" else beta,
+        threshold=threshold,
+        spike_grad=SpikeFunction(surrogate, slope),
+        reset_mechanism="zero",
+        reset_delay=False,
+        init_hidden=False,
+    )
+
+
+def run_neuron(neuron: snn.Leaky, currents: torch.Tensor) -> torch.Tensor:
+    """Drive ``neuron`` with ``currents`` of shape ``(T, ...)`` and return the spikes, same shape."""
+    membrane = torch.zeros_like(currents[0])
+    spikes = []
+    for current in currents:
+        spike, membrane = neuron(current, membrane)
+        spikes.append(spike)
+    # snnTorch mirrors the last membrane into a module buffer even with init_hidden=False; clearing it
+    # keeps this call's graph from outliving it (and keeps the model deep-copyable).
+    neuron.reset_mem()
+    return torch.stack(spikes)
+
+
+class SpikingEncoder(nn.Module):
+    """Conv-BN-neuron-pool stages, adaptive pooling, a linear projection and an output neuron layer.
+
+    Input: coded frames ``(T, B, C, H, W)``. Output: firing rates ``(B, out_features)`` in [0, 1],
+    averaged over the T steps, which the circuit reads as rotation angles.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_features: int = 27,
+        channels: Sequence[int] | None = None,
+        neuron: Neuron = "if",
+        beta: float = 0.9,
+        threshold: float = 1.0,
+        surrogate: Surrogate = "atan",
+        surrogate_slope: float = 2.0,
+        bn_momentum: float = REFERENCE_BN_MOMENTUM,
+    ) -> None:
+        super().__init__()
+        if channels is None:
+            channels = [2 * in_channels, 4 * in_channels, 8 * in_channels]
+        channels = list(channels)
+        if not channels or any(c < 1 for c in channels):
+            raise ValueError(f"encoder channels must be a non-empty list of positive widths, got {channels}.")
+        widths = [in_channels, *channels]
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False) for c_in, c_out in zip(widths, widths[1:])
+        )
+        self.norms = nn.ModuleList(nn.BatchNorm2d(c, momentum=bn_momentum) for c in channels)
+        neuron_args = (neuron, beta, threshold, surrogate, surrogate_slope)
+        self.conv_neurons = nn.ModuleList(make_neuron(*neuron_args) for _ in channels)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.project = nn.Linear(channels[-1], out_features)
+        self.out_neuron = make_neuron(*neuron_args)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        steps, batch = frames.shape[:2]
+        x = frames.reshape(steps * batch, *frames.shape[2:])
+        for conv, norm, neuron in zip(self.convs, self.norms, self.conv_neurons):
+            currents = norm(conv(x))
+            spikes = run_neuron(neuron, currents.view(steps, batch, *currents.shape[1:]))
+            x = self.pool(spikes.flatten(0, 1))
+        currents = self.project(self.global_pool(x).flatten(1))
+        spikes = run_neuron(self.out_neuron, currents.view(steps, batch, -1))
+        return spikes.mean(0)
