@@ -78,7 +78,7 @@ def run_neuron(neuron: snn.Leaky, currents: torch.Tensor) -> torch.Tensor:
     spikes = []
     for current in currents:
         spike, membrane = neuron(current, membrane)
-        spikes.append(spike)
+        spikes.append(spike.to(current.dtype))  # snnTorch surrogates emit float32 spikes
     # snnTorch mirrors the last membrane into a module buffer even with init_hidden=False; clearing it
     # keeps this call's graph from outliving it (and keeps the model deep-copyable).
     neuron.reset_mem()

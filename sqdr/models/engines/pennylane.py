@@ -104,5 +104,4 @@ class PennyLaneEngine:
 
     def to_openqasm(self, data: torch.Tensor, weights: torch.Tensor) -> str:
         """The circuit for one sample's data angles ``(n, 3)`` as OpenQASM 2.0 (noise is not exported)."""
-        tape = qml.workflow.construct_tape(self.qnode)(data.detach(), weights.detach())
-        return tape.to_openqasm(measure_all=True)
+        return qml.to_openqasm(self.qnode, measure_all=True)(data.detach(), weights.detach())

@@ -1,0 +1,140 @@
+"""SQDRCNN as a whole: parameter counts, coding, neurons, end-to-end gradients, and learning on real data."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from sqdr import SQDRCNN
+from sqdr.models.coding import phase_code
+from sqdr.models.encoder import make_neuron, run_neuron
+
+
+def test_paper_configuration_has_803_parameters():
+    counts = SQDRCNN().parameter_counts()
+    assert counts == {"encoder": 649, "circuit": 54, "head": 100, "total": 803}
+
+
+def test_parameter_counts_follow_the_configuration():
+    counts = SQDRCNN(in_channels=3, image_size=32, n_qubits=4, n_blocks=3, head="mlp", head_hidden=8).parameter_counts()
+    # convs 3->6->12->24 (162 + 648 + 2592), BN 2*(6+12+24), linear 24->12 (300), circuit 3*4*3, mlp 4*8+8 + 8*10+10
+    assert counts == {"encoder": 162 + 648 + 2592 + 84 + 300, "circuit": 36, "head": 130, "total": 3952}
+
+
+def test_phase_coding_reconstructs_the_8_bit_pixel():
+    images = torch.tensor([0.0, 1.0, 128 / 255, 37 / 255, 200 / 255])
+    frames = phase_code(images, time_steps=10)
+    assert frames.shape == (10, 5)
+    # The first 8 steps carry all bits with weights 1/2 ... 1/256: their sum is the pixel scaled by 255/256.
+    assert torch.allclose(frames[:8].sum(0), images * 255 / 256, atol=1e-6)
+    # Steps 8 and 9 repeat the two most significant bits.
+    assert torch.equal(frames[8:], frames[:2])
+
+
+def test_integrate_and_fire_neuron_resets_to_zero_when_it_fires():
+    neuron = make_neuron("if", beta=0.5, threshold=1.0, surrogate="atan", slope=2.0)
+    currents = torch.tensor([0.6, 0.6, 0.6, 0.6, 1.5, 0.2]).view(6, 1)
+    spikes = run_neuron(neuron, currents)
+    assert spikes.flatten().tolist() == [0.0, 1.0, 0.0, 1.0, 1.0, 0.0]
+
+
+def test_leaky_neuron_forgets_input():
+    neuron = make_neuron("leaky", beta=0.5, threshold=1.0, surrogate="atan", slope=2.0)
+    # 0.6, then 0.3 + 0.6 = 0.9, then 0.45 + 0.6 = 1.05 fires.
+    spikes = run_neuron(neuron, torch.full((3, 1), 0.6))
+    assert spikes.flatten().tolist() == [0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("engine", ["fused", "lightning", "default.qubit"])
+def test_gradients_reach_the_first_convolution(engine):
+    torch.manual_seed(0)
+    model = SQDRCNN(image_size=16, n_qubits=3, engine=engine)
+    images = torch.rand(4, 1, 16, 16)
+    loss = torch.nn.functional.cross_entropy(model(images), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert model.encoder.convs[0].weight.grad.abs().sum() > 0
+
+
+def test_model_state_dict_loads_into_every_engine_with_equal_logits():
+    torch.manual_seed(0)
+    fused = SQDRCNN(image_size=16, n_qubits=4, n_blocks=2).double().eval()
+    images = torch.rand(3, 1, 16, 16, dtype=torch.float64)
+    expected = fused(images)
+    for engine in ("lightning", "default.qubit"):
+        other = SQDRCNN(image_size=16, n_qubits=4, n_blocks=2, engine=engine).double().eval()
+        other.load_state_dict(fused.state_dict())
+        assert torch.allclose(other(images), expected, atol=1e-5)
+
+
+def test_model_with_lightning_engine_can_be_copied_and_pickled():
+    model = SQDRCNN(image_size=16, n_qubits=2, engine="lightning").eval()
+    images = torch.rand(2, 1, 16, 16)
+    logits = model(images)
+    assert torch.allclose(copy.deepcopy(model)(images), logits)
+    assert torch.allclose(pickle.loads(pickle.dumps(model))(images), logits)
+
+
+def test_head_none_reads_expectations_as_logits():
+    model = SQDRCNN(num_classes=3, image_size=8, n_qubits=4, head="none")
+    assert model.parameter_counts()["head"] == 0
+    logits = model(torch.rand(2, 1, 8, 8))
+    assert logits.shape == (2, 3) and logits.abs().max() <= 1.0
+
+
+def test_reference_head_ends_in_relu():
+    model = SQDRCNN(image_size=8, n_qubits=3, head_relu=True)
+    assert (model(torch.rand(5, 1, 8, 8)) >= 0).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"head": "none", "num_classes": 10, "n_qubits": 4}, "one qubit per class"),
+        ({"image_size": 4}, "too small for 3 pooling stages"),
+        ({"coding": "latency"}, "Unknown spike coding 'latency'"),
+        ({"neuron": "izhikevich"}, "Unknown neuron"),
+        ({"surrogate": "erf"}, "Unknown surrogate"),
+        ({"noise": {"bitflip": 0.1}}, r"Unknown noise channel\(s\) \['bitflip'\]"),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SQDRCNN(**kwargs)
+
+
+def test_wrong_image_channels_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"Expected images of shape \(batch, 1, H, W\)"):
+        SQDRCNN(image_size=8)(torch.rand(2, 3, 8, 8))
+
+
+def test_sqdrcnn_learns_sklearn_digits():
+    """A short plain-PyTorch training on real handwritten digits: loss falls, accuracy far above chance."""
+    torch.manual_seed(20200626)
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    labels = torch.tensor(digits.target)
+    order = torch.randperm(len(labels))
+    train, test = order[:1400], order[1400:]
+    model = SQDRCNN(image_size=8, time_steps=8, n_qubits=6, encoder_channels=[8, 16, 32])
+    optimiser = torch.optim.Adam(model.parameters(), lr=0.02)
+    losses = []
+    for epoch in range(6):
+        model.train()
+        for batch in train[torch.randperm(len(train))].split(32):
+            loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(images[test]).argmax(1) == labels[test]).float().mean().item()
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.6 * first, (first, last)
+    assert accuracy > 0.6, accuracy
