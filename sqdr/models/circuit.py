@@ -102,10 +102,17 @@ class ReuploadCircuit(nn.Module):
         angles = (self.feature_scale * features).reshape(-1, self.spec.n_qubits, 3)
         return self.engine(angles, self.weights.to(angles.dtype))
 
-    def set_engine(self, engine: EngineName, shots: int | None = None) -> None:
-        """Swap the simulator, keeping the trained angles (used to certify a model on PennyLane)."""
+    def set_engine(self, engine: EngineName, shots: int | None = None, noise: NoiseSpec | str = "keep") -> None:
+        """Swap the simulator (and optionally the noise model), keeping the trained angles.
+
+        Used to certify a model on PennyLane's devices and to evaluate a trained model under hardware noise.
+        """
+        from dataclasses import replace
+
         from sqdr.models.engines import make_engine
 
+        if not (isinstance(noise, str) and noise == "keep"):
+            self.spec = replace(self.spec, noise=NoiseModel.parse(noise))
         self.engine = make_engine(engine, self.spec, shots)
 
     def extra_repr(self) -> str:

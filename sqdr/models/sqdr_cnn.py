@@ -88,6 +88,7 @@ class SQDRCNN(nn.Module):
                 "use fewer encoder_channels or a larger image."
             )
         self.in_channels = in_channels
+        self.num_classes = num_classes
         self.image_size = image_size
         self.coder = SpikeCoder(coding, time_steps)
         self.encoder = SpikingEncoder(

@@ -11,9 +11,13 @@ much cheaper exact computation than a general-purpose simulator can assume, vect
   reduced density matrix and the Heisenberg-picture observable ``Φ_i†(Z)``; the last block is never applied
   to the full state.
 * CZ layers are diagonal: one elementwise multiplication by a precomputed ±1 pattern.
+* With two blocks (the paper's circuit) even the full state is unnecessary: one CZ layer acting on a product
+  state leaves qubit ``i``'s diagonal alone and scales its coherence by ``Π_j <Z_j>`` over its CZ partners
+  ``j`` (``CZ = |0><0|_j ⊗ I + |1><1|_j ⊗ Z_i``, and tracing out ``j`` keeps only those two branches).
+  The paper's circuit, noisy or not, thus costs O(n) per sample instead of O(2**n) or O(4**n).
 
-With the paper's two blocks the density-matrix mode touches the full ``2**n x 2**n`` matrix only to build
-it, apply the CZ pattern and take partial traces, which keeps memory near one density matrix per sample.
+Deeper circuits evolve the full state vector (pure) or density matrix (noisy) between the first and the
+last block.
 Shots (if given) sample each qubit's outcome from its exact marginal and use a straight-through gradient.
 """
 
@@ -150,6 +154,29 @@ class FusedEngine:
             state = (state[:, :, None] * factors[:, i, None, :]).reshape(batch, -1)
         return state
 
+    def _entangled_product_marginals(self, first: torch.Tensor) -> torch.Tensor:
+        """Single-qubit density matrices after the first block and one entangler layer, in O(n)."""
+        batch, n = first.shape[:2]
+        if self.mixed:
+            marginals = first[..., 0].reshape(batch, n, 2, 2)
+        else:
+            vectors = first[..., 0]
+            marginals = vectors.unsqueeze(-1) * vectors.conj().unsqueeze(-2)
+        z = (marginals[..., 0, 0] - marginals[..., 1, 1]).real
+        partners = self._partners(z.device)
+        coherence = torch.where(partners, z.unsqueeze(1), torch.ones_like(z).unsqueeze(1)).prod(-1)
+        diagonal = torch.eye(2, dtype=torch.bool, device=z.device)
+        scale = torch.where(diagonal, torch.ones_like(coherence)[..., None, None], coherence[..., None, None])
+        return marginals * scale
+
+    def _partners(self, device) -> torch.Tensor:
+        """``partners[i, j]``: qubits ``i`` and ``j`` share a CZ gate."""
+        n = self.spec.n_qubits
+        partners = torch.zeros(n, n, dtype=torch.bool, device=device)
+        for a, b in self.spec.cz_pairs:
+            partners[a, b] = partners[b, a] = True
+        return partners
+
     def _entangle(self, state: torch.Tensor) -> torch.Tensor:
         signs = self._cz_signs(state.device, state.real.dtype)
         if self.mixed:
@@ -199,6 +226,8 @@ class FusedEngine:
             zero = torch.zeros(2, 2, dtype=maps[0].dtype, device=data.device)
             zero[0, 0] = 1
             reduced = zero.expand(*maps[0].shape[:2], 2, 2)
+        elif len(maps) == 2:
+            reduced = self._entangled_product_marginals(maps[0])
         else:
             state = self._product_state(maps[0])
             for block_map in maps[1:-1]:
