@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -45,9 +46,7 @@ def wandb_mode() -> str:
 class EpochLine(Callback):
     """One line per epoch for non-interactive runs (CI logs, batch jobs), where a progress bar is noise."""
 
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
         shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
         print(f"epoch {trainer.current_epoch}: {shown}", flush=True)
@@ -142,26 +141,33 @@ class SQDRCLI(LightningCLI):
         print(f"run written to {run_dir}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return
-    if argv[0] in TOOL_COMMANDS:
-        import importlib
-
-        importlib.import_module(TOOL_COMMANDS[argv[0]]).main(argv[1:])
-        return
+def make_cli(args: list[str] | None = None, *, run: bool = True, callbacks: list[Callback] | None = None) -> SQDRCLI:
+    """Build (and by default run) the LightningCLI; ``run=False`` with ``callbacks`` is how sweeps drive trials."""
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-    SQDRCLI(
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    return SQDRCLI(
         SQDRModule,
         ImageDataModule,
         subclass_mode_data=True,
-        args=argv,
+        args=args,
+        run=run,
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"enable_progress_bar": sys.stdout.isatty()},
-        parser_kwargs={"parser_mode": "omegaconf"},
+        trainer_defaults={"enable_progress_bar": sys.stdout.isatty(), "callbacks": list(callbacks or [])},
+        auto_configure_optimizers=False,
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return
+    if args[0] in TOOL_COMMANDS:
+        import importlib
+
+        importlib.import_module(TOOL_COMMANDS[args[0]]).main(args[1:])
+        return
+    make_cli(argv)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
@@ -16,6 +17,9 @@ from sqdr.models import SQDRCNN
 Optimizer = Literal["adam", "adamw", "sgd"]
 Scheduler = Literal["none", "cosine", "step"]
 CertifyEngine = Literal["auto", "none", "lightning", "default.qubit", "default.mixed"]
+
+# Under LightningCLI `net` is saved as its config (and reloaded from it); Lightning still warns on reload.
+warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
 
 RECORDED_PACKAGES = ("sqdr", "torch", "lightning", "snntorch", "pennylane", "pennylane_lightning", "torchmetrics")
 
@@ -63,7 +67,7 @@ class SQDRModule(L.LightningModule):
         certify_samples: int | None = 128,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters()  # under LightningCLI, `net` is saved as its config, so checkpoints reload alone
         self.net = net
         self.criterion = nn.CrossEntropyLoss()
         num_classes = net.num_classes
