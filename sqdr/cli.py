@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import sys
 import warnings
@@ -10,6 +11,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from sqdr.data import ImageDataModule
 from sqdr.module import SQDRModule
@@ -52,6 +54,26 @@ class EpochLine(Callback):
         print(f"epoch {trainer.current_epoch}: {shown}", flush=True)
 
 
+class AppendingExperimentWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing ``metrics.csv``; a resumed run must append to its history."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])
+
+
+class RunCSVLogger(CSVLogger):
+    """``CSVLogger`` that keeps the metrics of earlier epochs when a run is resumed in its own directory."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
 class SQDRCLI(LightningCLI):
     """LightningCLI with sqdr's run layout: ``<runs_dir>/<experiment>/version_N/`` holds config, CSV, checkpoints."""
 
@@ -89,7 +111,7 @@ class SQDRCLI(LightningCLI):
         if config.trainer.get("logger") not in (None, True):
             return []  # the user configured loggers explicitly
         version = self._resumed_version(config)
-        loggers: list[Logger] = [CSVLogger(save_dir=config.runs_dir, name=config.experiment, version=version)]
+        loggers: list[Logger] = [RunCSVLogger(save_dir=config.runs_dir, name=config.experiment, version=version)]
         if config.logger == "wandb":
             from lightning.pytorch.loggers import WandbLogger
 
@@ -132,13 +154,26 @@ class SQDRCLI(LightningCLI):
         config = self._run_config()
         run_dir = self.trainer.log_dir
         if config.test_after_fit:
-            results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best", verbose=False)
+            checkpoint = self.trainer.checkpoint_callback
+            best = "best" if checkpoint is not None and checkpoint.best_model_path else None
+            results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
             accuracy = results[0]["test/acc"]
-            print(f"test accuracy: {accuracy:.2%}  (best checkpoint, {len(self.datamodule.test_dataloader().dataset)} images)")
+            which = "best checkpoint" if best else "final weights"
+            print(f"test accuracy: {accuracy:.2%}  ({which}, {len(self.datamodule.data_test)} images)")
             for key, value in sorted(results[0].items()):
                 if key.startswith("test/acc_"):
                     print(f"test accuracy on {key.removeprefix('test/acc_')}: {value:.2%} (certification subset)")
+        self.finish_loggers()
         print(f"run written to {run_dir}")
+
+    def finish_loggers(self) -> None:
+        """Close the W&B run so its files are complete (and one process can start the next run)."""
+        if any(type(logger).__name__ == "WandbLogger" for logger in self.trainer.loggers):
+            import wandb
+
+            wandb.finish()
+
+    after_validate = after_test = after_predict = finish_loggers
 
 
 def make_cli(args: list[str] | None = None, *, run: bool = True, callbacks: list[Callback] | None = None) -> SQDRCLI:
