@@ -138,3 +138,30 @@ def test_sqdrcnn_learns_sklearn_digits():
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.6 * first, (first, last)
     assert accuracy > 0.6, accuracy
+
+
+@pytest.mark.parametrize("n_qubits, n_blocks, entangler", [(3, 3, "ring"), (9, 2, "chain")])
+def test_model_logits_and_every_gradient_agree_across_engines(n_qubits, n_blocks, entangler):
+    """The whole network, input included (direct coding lets gradients reach the pixels)."""
+    torch.manual_seed(n_qubits)
+    config = dict(image_size=8, n_qubits=n_qubits, n_blocks=n_blocks, entangler=entangler, coding="direct", time_steps=3)
+    images = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    labels = torch.tensor([0, 4, 9])
+    reference_state = SQDRCNN(**config).double().state_dict()
+    results = {}
+    for engine in ("fused", "lightning", "default.qubit"):
+        model = SQDRCNN(**config, engine=engine).double()
+        model.load_state_dict(reference_state)
+        pixels = images.clone().requires_grad_(True)
+        logits = model(pixels)
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        results[engine] = (logits.detach(), pixels.grad.clone(), grads)
+    fused_logits, fused_pixels, fused_grads = results["fused"]
+    assert fused_pixels.abs().sum() > 0
+    for engine in ("lightning", "default.qubit"):
+        logits, pixels, grads = results[engine]
+        assert torch.allclose(logits, fused_logits, atol=1e-5)
+        assert torch.allclose(pixels, fused_pixels, atol=1e-5)
+        for name, grad in grads.items():
+            assert torch.allclose(grad, fused_grads[name], atol=1e-5), name
