@@ -28,9 +28,9 @@ test-slow: install ## the slow tests: paper-size engine comparisons, multi-proce
 train: install ## train the quickstart model on the embedded digits data set, then test it
 	$(BIN)/sqdr fit --config conf/experiments/quickstart.yaml $(ARGS)
 
-noise: install ## accuracy of the newest quickstart run under hardware noise (CSV + plot)
+noise: install ## accuracy of the newest quickstart run under hardware noise (CSV + plot; trains first if needed)
 	@test -d runs/quickstart || $(MAKE) train
-	$(BIN)/sqdr noise --ckpt runs/quickstart $(ARGS)
+	$(BIN)/sqdr noise --ckpt runs/quickstart --preset paper $(ARGS)
 
 sweep: install ## Optuna study (STUDY=..., WORKERS=N), then its Pareto table and plot
 	$(BIN)/sqdr sweep $(STUDY) --workers $(WORKERS) $(ARGS)

@@ -30,9 +30,12 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from sqdr.models.noise import CHANNEL_ORDER, PRESETS, NoiseSpec
 
-DEFAULT_LEVELS = "0,0.01,0.02,0.05,0.1"
+DEFAULT_LEVELS = "0,0.02,0.05,0.1,0.2,0.35,0.5"
 GRID_KEYS = ("channels", "levels", "preset", "shots", "test_size", "batch_size", "seed")
 NOISELESS = "none"
+
+Batches = list[tuple[Tensor, Tensor]]  # (circuit inputs, labels) per test batch
+GridPoint = tuple[str, float | None, NoiseSpec]  # (channel or preset name, level, noise spec)
 
 
 class UsageError(Exception):
@@ -50,6 +53,11 @@ class Result:
     shots: int | None
 
     @property
+    def on_grid(self) -> bool:
+        """A (channel, level) point, as opposed to the noiseless reference or a preset."""
+        return self.level is not None and self.channel != NOISELESS
+
+    @property
     def metric(self) -> str:
         if self.channel == NOISELESS:
             return "test/acc"
@@ -65,24 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Accuracy of a trained SQDR-CNN checkpoint under single-qubit noise channels "
         "(applied after every rotation pair and entangler, on the fused density-matrix simulator).",
         epilog="example: sqdr noise --ckpt runs/quickstart --test-size 360 --preset paper",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--ckpt", required=True, type=Path,
         help="a .ckpt file, a run directory (its best checkpoint, else last.ckpt) or an experiment directory "
         "(its newest version_* with a checkpoint)",
     )
-    parser.add_argument("--channels", default=",".join(CHANNEL_ORDER), help="comma-separated noise channels")
-    parser.add_argument("--levels", default=DEFAULT_LEVELS, help="comma-separated probabilities in [0, 1]")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="also evaluate this named noise preset")
-    parser.add_argument("--shots", type=int, help="measurement shots per expectation (default: exact)")
-    parser.add_argument("--config", type=Path, help="YAML grid, e.g. conf/noise/grid.yaml; options given here win")
-    parser.add_argument("--out", type=Path, help="output directory (default: <run dir>/noise)")
-    parser.add_argument("--data-root", help="override the data module's root directory")
-    parser.add_argument("--test-size", type=int, help="evaluate the first N test samples (default: all)")
-    parser.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
-    parser.add_argument("--seed", type=int, default=0, help="seed for rate coding and shot sampling")
-    parser.add_argument("--logger", choices=["csv", "wandb"], default="csv", help="csv always; wandb adds W&B")
+    add = parser.add_argument
+    add("--channels", default=",".join(CHANNEL_ORDER), help="comma-separated noise channels (default: all five)")
+    add("--levels", default=DEFAULT_LEVELS, help="comma-separated probabilities in [0, 1] (default: %(default)s)")
+    add("--preset", choices=sorted(PRESETS), help="also evaluate this named noise preset")
+    add("--shots", type=int, help="measurement shots per expectation (default: exact)")
+    add("--config", type=Path, help="YAML grid, e.g. conf/noise/grid.yaml; options given here win")
+    add("--out", type=Path, help="output directory (default: <run dir>/noise)")
+    add("--data-root", help="override the data module's root directory")
+    add("--test-size", type=int, help="evaluate the first N test samples of the data module's order (default: all)")
+    add("--batch-size", type=int, default=256, help="evaluation batch size (default: %(default)s)")
+    add("--seed", type=int, default=0, help="seed for rate coding and shot sampling (default: %(default)s)")
+    add("--logger", choices=["csv", "wandb"], default="csv",
+        help="csv always; wandb adds one W&B run (offline without credentials)")
     return parser
 
 
@@ -95,7 +104,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse
     args.channels = parse_channels(args.channels)
     args.levels = parse_levels(args.levels)
     if args.preset is not None and args.preset not in PRESETS:
-        raise UsageError(f"unknown noise preset {args.preset!r}; use --preset with one of {', '.join(sorted(PRESETS))}.")
+        raise UsageError(f"unknown noise preset {args.preset!r}; use one of {', '.join(sorted(PRESETS))}.")
     for name in ("shots", "test_size", "batch_size"):
         value = getattr(args, name)
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -154,7 +163,9 @@ def find_checkpoint(path: Path) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise UsageError(f"checkpoint {path} does not exist; pass a .ckpt file or a run directory written by `sqdr fit`.")
+        raise UsageError(
+            f"checkpoint {path} does not exist; pass a .ckpt file or a run directory written by `sqdr fit`."
+        )
     if (path / "checkpoints").is_dir():
         return best_checkpoint(path)
     versions = sorted(
@@ -181,7 +192,9 @@ def best_checkpoint(run_dir: Path) -> Path:
         return last
     if checkpoints:
         return checkpoints[-1]
-    raise UsageError(f"run directory {run_dir} has no checkpoints/*.ckpt; train it with `sqdr fit` or pass a .ckpt file.")
+    raise UsageError(
+        f"run directory {run_dir} has no checkpoints/*.ckpt; train it with `sqdr fit` or pass a .ckpt file."
+    )
 
 
 def run_dir_of(checkpoint: Path) -> Path:
@@ -231,13 +244,13 @@ def make_test_loader(data: dict[str, Any], root: str | None, test_size: int | No
 
 # -- evaluation ------------------------------------------------------------------------------------
 @torch.no_grad()
-def encode(net: torch.nn.Module, loader: DataLoader) -> list[tuple[Tensor, Tensor]]:
+def encode(net: torch.nn.Module, loader: DataLoader) -> Batches:
     """The circuit's inputs for the whole test set (``SQDRCNN.forward`` up to the circuit), computed once."""
     return [(net.encoder(net.coder(images)), labels) for images, labels in loader]
 
 
 @torch.no_grad()
-def accuracy(net: torch.nn.Module, batches: list[tuple[Tensor, Tensor]], noise: NoiseSpec, shots: int | None) -> float:
+def accuracy(net: torch.nn.Module, batches: Batches, noise: NoiseSpec, shots: int | None) -> float:
     """Test accuracy of ``net`` with its circuit run by the fused engine under ``noise``."""
     net.circuit.set_engine("fused", shots=shots, noise=noise)
     metric = MulticlassAccuracy(net.num_classes, average="micro")
@@ -246,14 +259,14 @@ def accuracy(net: torch.nn.Module, batches: list[tuple[Tensor, Tensor]], noise: 
     return round(float(metric.compute()), 6)  # k/n in float32 carries noise in the 8th digit
 
 
-def grid_points(channels: list[str], levels: list[float], preset: str | None) -> list[tuple[str, float | None, NoiseSpec]]:
+def grid_points(channels: list[str], levels: list[float], preset: str | None) -> list[GridPoint]:
     """The noiseless reference, every (channel, level) (level 0 as a zero-probability model), then the preset."""
-    points: list[tuple[str, float | None, NoiseSpec]] = [(NOISELESS, 0.0, None)]
+    points: list[GridPoint] = [(NOISELESS, 0.0, None)]
     points += [(channel, level, {channel: level}) for channel in channels for level in levels]
     return points + ([(preset, None, preset)] if preset else [])
 
 
-def evaluate(net: torch.nn.Module, batches: list[tuple[Tensor, Tensor]], args: argparse.Namespace) -> list[Result]:
+def evaluate(net: torch.nn.Module, batches: Batches, args: argparse.Namespace) -> list[Result]:
     from rich.progress import track
 
     n_samples = sum(len(labels) for _, labels in batches)
@@ -279,7 +292,7 @@ def plot(results: list[Result], path: Path) -> None:
 
     figure = Figure(figsize=(6.4, 4.2), layout="constrained")
     axes = figure.subplots()
-    for channel in dict.fromkeys(r.channel for r in results if r.level is not None and r.channel != NOISELESS):
+    for channel in dict.fromkeys(r.channel for r in results if r.on_grid):
         points = [(r.level, r.accuracy) for r in results if r.channel == channel]
         axes.plot(*zip(*points), marker="o", label=channel)
     for result in results:
@@ -300,13 +313,13 @@ def plot(results: list[Result], path: Path) -> None:
 
 def format_table(results: list[Result]) -> str:
     """Channels as rows and levels as columns, then the noiseless and preset accuracies."""
-    levels = sorted({r.level for r in results if r.level is not None and r.channel != NOISELESS})
+    levels = sorted({r.level for r in results if r.on_grid})
     cells = {(r.channel, r.level): r.accuracy for r in results}
-    channels = list(dict.fromkeys(r.channel for r in results if r.level is not None and r.channel != NOISELESS))
+    channels = list(dict.fromkeys(r.channel for r in results if r.on_grid))
     lines = ["channel".ljust(18) + "".join(f"p={level:g}".rjust(9) for level in levels)]
     lines += [channel.ljust(18) + "".join(f"{cells[channel, level]:9.1%}" for level in levels) for channel in channels]
     lines += [f"{'noiseless' if r.channel == NOISELESS else r.channel + ' preset'}: {r.accuracy:.1%}"
-              for r in results if r.level is None or r.channel == NOISELESS]
+              for r in results if not r.on_grid]
     return "\n".join(lines)
 
 

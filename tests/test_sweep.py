@@ -1,0 +1,389 @@
+"""``sqdr sweep`` / ``sqdr report``: exact budgets across workers, crash recovery, resume, pruning, summaries.
+
+Trials train a tiny SQDR-CNN on the synthetic data module for a batch or a few, so a trial takes seconds; the
+multi-process tests run the real ``sqdr`` command in subprocesses, on a journal file, SQLite or a throwaway
+PostgreSQL cluster started in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from sqdr import sweep
+from sqdr.report import pareto_front
+
+REPO = Path(__file__).resolve().parents[1]
+SQDR = str(Path(sys.executable).with_name("sqdr"))
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+TINY_OVERRIDES = {
+    "data.class_path": "sqdr.data.SyntheticDataModule",
+    "data.init_args.n_train": 160,
+    "data.init_args.n_test": 16,
+    "data.init_args.batch_size": 16,
+    "trainer.max_epochs": 1,
+    "trainer.limit_train_batches": 2,
+    "trainer.enable_model_summary": False,
+    "trainer.log_every_n_steps": 1,
+    "test_after_fit": False,
+    "model.certify_engine": "none",
+    "model.net.init_args.n_qubits": 2,
+    "model.net.init_args.n_blocks": 1,
+    "model.net.init_args.time_steps": 2,
+    "model.net.init_args.encoder_channels": [2, 2],
+}
+#: Trials of several seconds, so a second worker process (which needs ~10 s to import torch) joins in time.
+LONGER_TRIALS = {"data.init_args.n_train": 1280, "trainer.limit_train_batches": 60}
+
+
+def write_study(tmp_path: Path, name: str, **changes) -> Path:
+    """A study on synthetic 8x8 images with a 2-qubit model: one continuous dimension, so no two trials repeat."""
+    study = {
+        "study_name": name,
+        "base_config": str(REPO / "conf/experiments/quickstart.yaml"),
+        "overrides": dict(TINY_OVERRIDES),
+        "space": {"model.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}},
+        "objectives": [{"metric": "val/acc_best", "direction": "maximize"}],
+        "sampler": {"type": "random", "seed": 0},
+        "pruner": "none",
+        "n_trials": 2,
+        "storage": f"journal:{tmp_path}/{name}.journal",
+    }
+    overrides = changes.pop("overrides", {})
+    study.update(changes)
+    study["overrides"].update(overrides)
+    for key in study["space"]:
+        study["overrides"].pop(key, None)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def stored_study(path: Path) -> optuna.Study:
+    spec = sweep.load_study_file(path)
+    return optuna.load_study(study_name=spec.name, storage=sweep.open_storage(spec))
+
+
+def stored_states(path: Path) -> dict[str, int]:
+    """Trial states of a study another process is running; empty until that process has created the study."""
+    try:
+        return states(stored_study(path))
+    except KeyError:
+        return {}
+
+
+def states(study: optuna.Study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+def run_sweep(argv: list[str]) -> None:
+    sweep.main(argv)
+
+
+def start_sweep(argv: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [SQDR, "sweep", *argv], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.3)
+
+
+def finish(process: subprocess.Popen, timeout: float = 240) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def assert_exact_budget(study: optuna.Study, n: int) -> None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    assert len(complete) == n, states(study)
+    params = [tuple(sorted(t.params.items())) for t in complete]
+    assert len(set(params)) == n, params
+    for trial in complete:
+        assert 0.0 <= trial.values[0] <= 1.0
+        assert trial.user_attrs["params/total"] > 0
+        assert trial.user_attrs["cli_args"][-4:] == ["--runs_dir", f"runs/{study.study_name}", "--experiment", f"trial_{trial.number}"]
+        assert Path(trial.user_attrs["run_dir"], "metrics.csv").is_file()
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs, studies, tables and figures land in the test's own directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+# -- study files ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"n_trials": None}, "missing key(s) n_trials"),
+        ({"space": {"model.lr": {"type": "gaussian", "low": 0, "high": 1}}}, "unknown distribution type 'gaussian'"),
+        ({"space": {"model.net.init_args.n_qbits": {"type": "int", "low": 2, "high": 3}}}, "n_qbits"),
+        ({"pruner": "median", "objectives": [{"metric": "val/acc", "direction": "maximize"},
+                                              {"metric": "params/total", "direction": "minimize"}]}, "cannot prune"),
+    ],
+    ids=["missing-key", "unknown-distribution", "unknown-config-key", "multi-objective-pruner"],
+)
+def test_bad_study_file_exits_2_with_one_sentence(tmp_path, capsys, change, message):
+    path = write_study(tmp_path, "bad")
+    study = yaml.safe_load(path.read_text())
+    study.update(change)
+    path.write_text(yaml.safe_dump({k: v for k, v in study.items() if v is not None}))
+    with pytest.raises(SystemExit) as exit_info:
+        run_sweep([str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_changed_study_file_is_refused_and_keeps_the_stored_trials(tmp_path, capsys):
+    path = write_study(tmp_path, "keep", n_trials=1)
+    run_sweep([str(path)])
+    changed = write_study(tmp_path, "keep", n_trials=2, space={"model.lr": {"type": "int", "low": 1, "high": 3}})
+    with pytest.raises(SystemExit) as exit_info:
+        run_sweep([str(changed)])
+    assert exit_info.value.code == 2
+    assert "no longer matches" in capsys.readouterr().err
+    assert states(stored_study(path)) == {"COMPLETE": 1}
+
+
+def test_several_workers_on_sqlite_are_refused(tmp_path, capsys):
+    path = write_study(tmp_path, "lite", storage=f"sqlite:///{tmp_path}/lite.db")
+    with pytest.raises(SystemExit) as exit_info:
+        run_sweep([str(path), "--workers", "2"])
+    assert exit_info.value.code == 2
+    assert "--storage journal:" in capsys.readouterr().err
+
+
+# -- budgets across workers -----------------------------------------------------------------------
+def test_two_workers_on_a_journal_file_complete_exactly_four_distinct_trials(tmp_path):
+    # trials of a few seconds each, so the second worker (a new process) joins while trials remain
+    path = write_study(tmp_path, "journal2", n_trials=4, overrides=LONGER_TRIALS)
+    output = finish(start_sweep([str(path), "--workers", "2"], tmp_path))
+    study = stored_study(path)
+    assert_exact_budget(study, 4)
+    assert states(study) == {"COMPLETE": 4}
+    assert len({t.user_attrs["worker"]["pid"] for t in study.trials}) == 2, output[-2000:]
+    assert "4 complete" in output
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL 15 cluster on loopback, owned by ``postgres`` when the tests run as root."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} (apt-get install postgresql-15)")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    root = Path(tempfile.mkdtemp(prefix="sqdr-pg-"))  # outside pytest's 0700 tmp tree, so postgres can enter
+    if as_postgres:
+        shutil.chown(root, "postgres", "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = root / "data"
+    run = lambda *args: subprocess.run([*as_postgres, *args], check=True, capture_output=True, text=True)  # noqa: E731
+    run(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_workers_on_postgresql_complete_exactly_four_distinct_trials(tmp_path, postgres_url):
+    path = write_study(tmp_path, "postgres2", n_trials=4, storage=postgres_url, overrides=LONGER_TRIALS)
+    output = finish(start_sweep([str(path), "--workers", "2"], tmp_path))
+    study = stored_study(path)
+    assert_exact_budget(study, 4)
+    assert states(study) == {"COMPLETE": 4}
+    assert len({t.user_attrs["worker"]["pid"] for t in study.trials}) == 2, output[-2000:]
+
+
+# -- crashes and interruptions --------------------------------------------------------------------
+def wait_running_trial(path: Path, process: subprocess.Popen) -> None:
+    """Until a trial is inside its fit run (its run directory is known)."""
+    def running() -> bool:
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        if not stored_states(path).get("RUNNING"):
+            return False
+        trials = stored_study(path).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return any("run_dir" in t.user_attrs for t in trials)
+
+    wait_for(running, 120, "a running trial")
+    time.sleep(1.0)
+
+
+def assert_failed_trial_was_retried(study: optuna.Study, n_trials: int) -> None:
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    assert len(failed) == 1, states(study)
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == failed[0].number]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert retried[0].params == failed[0].params
+    assert states(study) == {"COMPLETE": n_trials, "FAIL": 1}
+
+
+def test_worker_killed_mid_trial_is_failed_and_retried_on_a_journal_file(tmp_path):
+    path = write_study(tmp_path, "killed", n_trials=2, overrides={"trainer.limit_train_batches": 10})
+    process = start_sweep([str(path)], tmp_path)
+    wait_running_trial(path, process)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert states(stored_study(path)) == {"RUNNING": 1}
+    run_sweep([str(path)])
+    assert_failed_trial_was_retried(stored_study(path), 2)
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried_on_sqlite(tmp_path):
+    path = write_study(
+        tmp_path, "heartbeat", n_trials=2, storage=f"sqlite:///{tmp_path}/heartbeat.db",
+        heartbeat_interval=1, grace_period=3, overrides={"trainer.limit_train_batches": 10},
+    )  # fmt: skip
+    process = start_sweep([str(path)], tmp_path)
+    wait_running_trial(path, process)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    started = time.monotonic()
+    run_sweep([str(path)])
+    assert_failed_trial_was_retried(stored_study(path), 2)
+    assert time.monotonic() - started >= 3  # the stale trial waited out its grace period
+
+
+def test_interrupted_study_resumes_with_only_the_remaining_trials(tmp_path):
+    path = write_study(tmp_path, "resume", n_trials=3, overrides={"trainer.limit_train_batches": 6})
+    process = start_sweep([str(path)], tmp_path)
+    wait_for(lambda: stored_states(path).get("COMPLETE", 0) >= 1, 120, "a first complete trial")
+    os.kill(process.pid, signal.SIGTERM)  # as a scheduler or Ctrl-C would stop it
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output[-2000:]
+    before = stored_study(path)
+    done_before = states(before).get("COMPLETE", 0)
+    assert done_before < 3 and "RUNNING" not in states(before)
+    n_before = len(before.trials)
+    run_sweep([str(path)])
+    after = stored_study(path)
+    new = after.trials[n_before:]
+    assert len(new) == 3 - done_before and all(t.state == TrialState.COMPLETE for t in new)
+    assert states(after).get("COMPLETE") == 3
+    run_sweep([str(path)])  # nothing left to do
+    assert len(stored_study(path).trials) == len(after.trials)
+
+
+# -- pruning, reports -----------------------------------------------------------------------------
+def test_pruned_trials_are_recorded_as_pruned_and_count_towards_the_budget(tmp_path):
+    # val/acc is never above 1.01, so the threshold pruner stops every trial after its first validation
+    path = write_study(tmp_path, "pruned", n_trials=2, pruner={"type": "threshold", "lower": 1.01},
+                       overrides={"trainer.max_epochs": 3})  # fmt: skip
+    run_sweep([str(path)])
+    study = stored_study(path)
+    assert states(study) == {"PRUNED": 2}
+    for trial in study.trials:
+        assert list(trial.intermediate_values) == [0]  # stopped after epoch 0 of 3
+        assert 0.0 <= trial.intermediate_values[0] <= 1.0
+
+
+def test_summary_prints_the_pareto_front_and_writes_figure_and_tables(tmp_path, capsys):
+    objectives = [{"metric": "val/acc_best", "direction": "maximize"}, {"metric": "params/total", "direction": "minimize"}]
+    space = {
+        "model.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+        "model.net.init_args.n_qubits": {"type": "int", "low": 2, "high": 4},
+    }
+    path = write_study(tmp_path, "front", n_trials=3, objectives=objectives, space=space)
+    run_sweep([str(path)])
+    capsys.readouterr()
+    run_sweep([str(path), "--summary"])
+    out = capsys.readouterr().out
+    assert "Pareto front" in out and "re-run trial" in out and "sqdr fit --config" in out
+    png = Path("results/figures/front_pareto.png")
+    assert f"wrote {png}" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    import pandas as pd
+
+    table = pd.read_csv("results/tables/front.csv")
+    assert len(table) == 3 and set(table.state) == {"COMPLETE"}
+    assert set(table.n_qubits) <= {2, 3, 4} and (table["params/total"] > 0).all()
+    front = table[table.best]
+    points = list(zip(table["params/total"], table["val/acc_best"]))
+    assert {points[i] for i in pareto_front(points)} == set(zip(front["params/total"], front["val/acc_best"]))
+    assert Path("results/tables/front.md").read_text().startswith("| trial | state | best | val/acc_best |")
+
+
+def test_noise_study_sweeps_a_grid_of_levels_and_plots_accuracy_vs_noise(tmp_path, capsys):
+    path = write_study(
+        tmp_path, "noise", n_trials=2, sampler={"type": "grid", "seed": 0},
+        space={"model.net.init_args.noise.depolarizing": {"type": "categorical", "choices": [0.0, 0.1]}},
+    )  # fmt: skip
+    run_sweep([str(path)])
+    study = stored_study(path)
+    assert sorted(t.params["model.net.init_args.noise.depolarizing"] for t in study.trials) == [0.0, 0.1]
+    run_sweep([str(path), "--summary"])
+    assert "wrote results/figures/noise_noise.png" in capsys.readouterr().out
+    assert Path("results/figures/noise_noise.png").stat().st_size > 10_000
+
+
+def test_wandb_trials_each_write_one_offline_run_in_their_run_directory(tmp_path):
+    path = write_study(tmp_path, "wb", n_trials=2)
+    run_sweep([str(path), "--wandb"])
+    study = stored_study(path)
+    for trial in study.trials:
+        assert trial.user_attrs["cli_args"][-4:] == ["--logger", "wandb", "--wandb_group", "wb"]
+        runs = list(Path(trial.user_attrs["run_dir"], "wandb").glob("offline-run-*"))
+        assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+# -- shipped study files --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "sweeps").glob("*.yaml")))
+def test_shipped_study_files_build_a_trial(name, monkeypatch):
+    monkeypatch.chdir(REPO)
+    spec = sweep.load_study_file(Path("sweeps") / name)
+    sweep.validate_trial_args(spec)
+    assert spec.n_trials >= 6
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "sweeps/wandb").glob("*.yaml")))
+def test_wandb_sweep_files_pass_arguments_the_fit_cli_accepts(name, monkeypatch):
+    from sqdr.cli import make_cli
+
+    monkeypatch.chdir(REPO)
+    config = yaml.safe_load((REPO / "sweeps/wandb" / name).read_text())
+    command = config["command"]
+    assert command[:3] == ["${env}", "${program}", "fit"] and command[-1] == "${args}" and config["program"] == "sqdr"
+    fixed = [arg for arg in command[3:-1] if arg not in ("--logger", "wandb")]
+    # W&B's agent formats each parameter as f"--{key}={value}" (Python str: False, [4, 8, 16])
+    swept = [f"--{key}={_first(spec)}" for key, spec in config["parameters"].items()]
+    cli = make_cli(fixed + swept + ["--runs_dir", "unused"], run=False)
+    assert cli.model.net.parameter_counts()["total"] > 0
+    twin = sweep.load_study_file(Path("sweeps") / name)  # the Optuna study of the same name: same keys
+    assert set(config["parameters"]) == set(twin.overrides) | set(twin.space)
+
+
+def _first(spec: dict):
+    return spec["values"][0] if "values" in spec else spec.get("value", spec.get("min"))
