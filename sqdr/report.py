@@ -70,12 +70,17 @@ def _has_complete(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
-def best_trials(spec: StudySpec, study: optuna.Study) -> list[FrozenTrial]:
-    """The Pareto front (multi-objective) or the best trial, ordered by the first objective."""
-    if not _has_complete(study):
-        return []
+def shown_trials(spec: StudySpec, study: optuna.Study) -> tuple[str, list[FrozenTrial]]:
+    """What the summary prints: every level of a noise sweep, else the Pareto front or the best trial."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return "no complete trial yet", []
+    key = noise_key(spec)
+    if key:
+        return "accuracy per noise level", sorted(complete, key=lambda t: (t.params.get(key, 0.0), t.number))
     reverse = spec.objectives[0].direction == "maximize"
-    return sorted(study.best_trials, key=lambda t: t.values[0], reverse=reverse)
+    title = "Pareto front" if spec.multi_objective else "best trial"
+    return title, sorted(study.best_trials, key=lambda t: t.values[0], reverse=reverse)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -103,7 +108,8 @@ def plot_pareto(spec: StudySpec, table: pd.DataFrame, path: Path) -> Path:
         ax.step(xs, ys, where="post", color="C3", linewidth=1.2)
         ax.scatter(xs, ys, color="C3", zorder=3, label="Pareto front")
         for row in front:
-            ax.annotate(f"#{row['trial']}", (row[PARAMS_METRIC], row[metric]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            xy = (row[PARAMS_METRIC], row[metric])
+            ax.annotate(f"#{row['trial']}", xy, textcoords="offset points", xytext=(4, 4), fontsize=8)
     _log_axis(ax, [x for x, _ in points])
     ax.set(xlabel="trainable parameters (params/total)", ylabel=metric, title=f"{spec.name}: accuracy vs size")
     ax.grid(True, which="both", alpha=0.3)
@@ -158,9 +164,8 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def print_best(spec: StudySpec, study: optuna.Study, table: pd.DataFrame) -> None:
-    """A rich table of the best trials / Pareto front, then the command that re-runs each alone."""
-    trials = best_trials(spec, study)
-    title = "Pareto front" if spec.multi_objective else "best trial"
+    """A rich table of the best trials / Pareto front / noise levels, then the command that re-runs each alone."""
+    title, trials = shown_trials(spec, study)
     shown = table[table.trial.isin([t.number for t in trials])].set_index("trial").loc[[t.number for t in trials]]
     columns = [o.metric for o in spec.objectives] + list(short_names(list(spec.space)).values())
     columns += [PARAMS_METRIC] if PARAMS_METRIC not in columns else []
@@ -185,22 +190,28 @@ def report_study(spec: StudySpec) -> list[Path]:
     """Print the best trials and write the table and figures of a study; returns the files written."""
     study = load_study(spec, open_storage(spec), create=False)
     table = trials_table(spec, study)
-    counts = table.state.value_counts().to_dict() if len(table) else {}
-    print(f"study {spec.name}: {len(table)} trials " + str({k.lower(): v for k, v in counts.items()}))
+    counts = {state.lower(): n for state, n in table.state.value_counts().items()} if len(table) else {}
+    print(f"study {spec.name}: {len(table)} trials {counts}")
+    written = write_tables(spec, table)
     if len(table):
         print_best(spec, study, table)
+        written.append(plot_pareto(spec, table, RESULTS_DIR / "figures" / f"{spec.name}_pareto.png"))
+        key = noise_key(spec)
+        if key:
+            written.append(plot_noise(spec, table, key, RESULTS_DIR / "figures" / f"{spec.name}_noise.png"))
+    for path in written:
+        print(f"wrote {path}")
+    return written
+
+
+def write_tables(spec: StudySpec, table: pd.DataFrame) -> list[Path]:
+    """All trials as CSV (with re-run commands) and as a Markdown table (without: they are long)."""
     csv_path = RESULTS_DIR / "tables" / f"{spec.name}.csv"
     md_path = csv_path.with_suffix(".md")
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(csv_path, index=False)
     md_path.write_text(to_markdown(table.drop(columns=["command"], errors="ignore")))
-    written = [csv_path, md_path, plot_pareto(spec, table, RESULTS_DIR / "figures" / f"{spec.name}_pareto.png")] if len(table) else [csv_path, md_path]
-    key = noise_key(spec)
-    if key and len(table):
-        written.append(plot_noise(spec, table, key, RESULTS_DIR / "figures" / f"{spec.name}_noise.png"))
-    for path in written:
-        print(f"wrote {path}")
-    return written
+    return [csv_path, md_path]
 
 
 def main(argv: list[str] | None = None) -> None:

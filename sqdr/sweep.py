@@ -57,9 +57,16 @@ warnings.filterwarnings("ignore", message="LightningCLI's args parameter is inte
 
 REQUIRED_KEYS = ("study_name", "base_config", "space", "objectives", "n_trials")
 OPTIONAL_KEYS = (
-    "overrides", "sampler", "pruner", "storage", "runs_dir", "wandb",
-    "heartbeat_interval", "grace_period", "max_retry",
-)  # fmt: skip
+    "overrides",
+    "sampler",
+    "pruner",
+    "storage",
+    "runs_dir",
+    "wandb",
+    "heartbeat_interval",
+    "grace_period",
+    "max_retry",
+)
 DISTRIBUTION_KEYS = {"type", "low", "high", "log", "step", "choices"}
 RESERVED_CONFIG_KEYS = ("runs_dir", "experiment", "logger", "wandb_group")
 
@@ -137,27 +144,36 @@ def load_study_file(
         raise StudyFileError(f"{path}: missing key(s) {', '.join(missing)}.")
     unknown = sorted(set(raw) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
     if unknown:
-        raise StudyFileError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}.")
+        known = ", ".join(REQUIRED_KEYS + OPTIONAL_KEYS)
+        raise StudyFileError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {known}.")
     objectives = _parse_objectives(path, raw["objectives"])
+    default_pruner = "none" if len(objectives) > 1 else "median"
     spec = StudySpec(
         name=str(raw["study_name"]),
         path=path,
         base_configs=_parse_base_configs(path, raw["base_config"]),
-        space={key: parse_distribution(key, value) for key, value in (raw["space"] or {}).items()},
+        space={key: parse_distribution(key, value) for key, value in _mapping(path, raw, "space").items()},
         objectives=objectives,
-        n_trials=_positive_int(path, "n_trials", n_trials if n_trials is not None else raw["n_trials"]),
-        overrides=dict(raw.get("overrides") or {}),
+        n_trials=_count(path, "n_trials", n_trials if n_trials is not None else raw["n_trials"]),
+        overrides=_mapping(path, raw, "overrides"),
         sampler=_named_options(path, "sampler", raw.get("sampler", "tpe"), SAMPLERS),
-        pruner=_named_options(path, "pruner", raw.get("pruner", "none" if len(objectives) > 1 else "median"), PRUNERS),
+        pruner=_named_options(path, "pruner", raw.get("pruner", default_pruner), PRUNERS),
         runs_dir=str(raw.get("runs_dir", "runs")),
         wandb=bool(wandb or raw.get("wandb", False)),
-        heartbeat_interval=_positive_int(path, "heartbeat_interval", raw.get("heartbeat_interval", 10)),
-        grace_period=_positive_int(path, "grace_period", raw.get("grace_period", 60)),
-        max_retry=int(raw.get("max_retry", 2)),
+        heartbeat_interval=_count(path, "heartbeat_interval", raw.get("heartbeat_interval", 10)),
+        grace_period=_count(path, "grace_period", raw.get("grace_period", 60)),
+        max_retry=_count(path, "max_retry", raw.get("max_retry", 2), minimum=0),
     )
     spec.storage = storage or raw.get("storage") or f"sqlite:///results/studies/{spec.name}.db"
     _check_consistency(spec)
     return spec
+
+
+def _mapping(path: Path, raw: dict[str, Any], key: str) -> dict[str, Any]:
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise StudyFileError(f"{path}: {key} must be a mapping of config key -> value, got {type(value).__name__}.")
+    return dict(value)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -173,13 +189,13 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _parse_base_configs(path: Path, value: Any) -> list[str]:
-    """Config paths as given when they exist from here, else relative to the study file's folder."""
+    """Config paths from here, else from a folder above the study file (``sweeps/x.yaml`` names repo-root paths)."""
     configs = [value] if isinstance(value, str) else list(value or [])
     if not configs:
         raise StudyFileError(f"{path}: base_config must name at least one config file.")
     resolved = []
     for config in map(str, configs):
-        candidates = [Path(config), path.parent / config]
+        candidates = [Path(config), *(folder / config for folder in path.resolve().parents)]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             raise StudyFileError(f"{path}: base_config {config} does not exist.")
@@ -195,14 +211,16 @@ def _parse_objectives(path: Path, value: Any) -> list[Objective]:
         if not isinstance(item, dict) or set(item) != {"metric", "direction"}:
             raise StudyFileError(f"{path}: each objective needs exactly metric and direction, got {item!r}.")
         if item["direction"] not in ("maximize", "minimize"):
-            raise StudyFileError(f"{path}: objective {item['metric']} has direction {item['direction']!r}; use maximize or minimize.")
+            raise StudyFileError(
+                f"{path}: objective {item['metric']} has direction {item['direction']!r}; use maximize or minimize."
+            )
         objectives.append(Objective(str(item["metric"]), item["direction"]))
     return objectives
 
 
-def _positive_int(path: Path, key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise StudyFileError(f"{path}: {key} must be a positive integer, got {value!r}.")
+def _count(path: Path, key: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise StudyFileError(f"{path}: {key} must be an integer >= {minimum}, got {value!r}.")
     return value
 
 
@@ -210,7 +228,8 @@ def _named_options(path: Path, key: str, value: Any, known: dict[str, type]) -> 
     """``tpe`` or ``{type: tpe, seed: 0, ...}`` -> ``{"type": "tpe", "seed": 0, ...}``."""
     options = {"type": value} if isinstance(value, str) else dict(value or {})
     if options.get("type") not in known:
-        raise StudyFileError(f"{path}: {key} type {options.get('type')!r} is unknown; choose one of {', '.join(known)}.")
+        choices = ", ".join(known)
+        raise StudyFileError(f"{path}: {key} type {options.get('type')!r} is unknown; choose one of {choices}.")
     return options
 
 
@@ -220,24 +239,28 @@ def parse_distribution(key: str, spec: Any) -> BaseDistribution:
         raise StudyFileError(f"space key {key} needs a mapping with a type (int, float or categorical), got {spec!r}.")
     unknown = sorted(set(spec) - DISTRIBUTION_KEYS)
     if unknown:
-        raise StudyFileError(f"space key {key} has unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(DISTRIBUTION_KEYS))}.")
+        known = ", ".join(sorted(DISTRIBUTION_KEYS))
+        raise StudyFileError(f"space key {key} has unknown option(s) {', '.join(unknown)}; known: {known}.")
     kind = spec["type"]
+    needed = {"categorical": ("choices",), "int": ("low", "high"), "float": ("low", "high")}
+    if kind not in needed:
+        raise StudyFileError(f"space key {key} has unknown distribution type {kind!r}; use int, float or categorical.")
+    missing = [option for option in needed[kind] if spec.get(option) in (None, [])]
+    if missing:
+        raise StudyFileError(f"space key {key} is {kind} and needs {' and '.join(missing)}.")
     try:
-        if kind == "categorical":
-            if not spec.get("choices"):
-                raise StudyFileError(f"space key {key} is categorical and needs a non-empty list of choices.")
-            return CategoricalDistribution([choice_value(c) for c in spec["choices"]])
-        if kind in ("int", "float"):
-            if "low" not in spec or "high" not in spec:
-                raise StudyFileError(f"space key {key} is {kind} and needs low and high.")
-            if kind == "int":
-                return IntDistribution(int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")), step=int(spec.get("step", 1)))
-            return FloatDistribution(float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")), step=spec.get("step"))
+        return _distribution(kind, spec)
     except (TypeError, ValueError) as exc:
-        if isinstance(exc, StudyFileError):
-            raise
         raise StudyFileError(f"space key {key}: {exc}") from exc
-    raise StudyFileError(f"space key {key} has unknown distribution type {kind!r}; use int, float or categorical.")
+
+
+def _distribution(kind: str, spec: dict[str, Any]) -> BaseDistribution:
+    log = bool(spec.get("log", False))
+    if kind == "categorical":
+        return CategoricalDistribution([choice_value(c) for c in spec["choices"]])
+    if kind == "int":
+        return IntDistribution(int(spec["low"]), int(spec["high"]), log=log, step=int(spec.get("step", 1)))
+    return FloatDistribution(float(spec["low"]), float(spec["high"]), log=log, step=spec.get("step"))
 
 
 def choice_value(value: Any) -> None | bool | int | float | str:
@@ -248,10 +271,12 @@ def choice_value(value: Any) -> None | bool | int | float | str:
 def _check_consistency(spec: StudySpec) -> None:
     both = sorted(set(spec.overrides) & set(spec.space))
     if both:
-        raise StudyFileError(f"{spec.path}: {', '.join(both)} is both fixed in overrides and searched in space; keep one.")
+        raise StudyFileError(f"{spec.path}: {', '.join(both)} is both fixed in overrides and searched in space.")
     reserved = sorted(k for k in [*spec.overrides, *spec.space] if k in RESERVED_CONFIG_KEYS)
     if reserved:
-        raise StudyFileError(f"{spec.path}: {', '.join(reserved)} is set by the sweep itself (use runs_dir / wandb at the top of the file).")
+        raise StudyFileError(
+            f"{spec.path}: the sweep sets {', '.join(reserved)} itself (use runs_dir / wandb at the top of the file)."
+        )
     if spec.multi_objective and spec.pruner["type"] != "none":
         raise StudyFileError(f"{spec.path}: multi-objective studies cannot prune; set pruner: none.")
     make_sampler(spec, worker_index=0, n_existing=0)  # unknown sampler options fail now, not in a worker
@@ -281,9 +306,7 @@ def _grid(spec: StudySpec) -> dict[str, list[Any]]:
             grid[key] = list(dist.choices)
         elif dist.step is not None and not dist.log:
             n = int(round((dist.high - dist.low) / dist.step)) + 1
-            grid[key] = [dist.low + i * dist.step for i in range(n)]
-            if isinstance(dist, FloatDistribution):
-                grid[key] = [round(v, 12) for v in grid[key]]
+            grid[key] = [round(dist.low + i * dist.step, 12) for i in range(n)]  # 0.06, not 0.06000000000000001
         else:
             raise StudyFileError(f"{spec.path}: the grid sampler needs choices or a step (without log) for {key}.")
     return grid
@@ -304,7 +327,9 @@ def storage_kind(url: str) -> Literal["sqlite", "journal", "postgresql"]:
         return "sqlite"
     if url.startswith(("postgresql://", "postgresql+")):
         return "postgresql"
-    raise StudyFileError(f"storage {url!r} is not supported; use sqlite:///FILE, journal:FILE or postgresql://USER@HOST/DB.")
+    raise StudyFileError(
+        f"storage {url!r} is not supported; use sqlite:///FILE, journal:FILE or postgresql://USER@HOST/DB."
+    )
 
 
 def _local_file(url: str) -> Path:
@@ -342,14 +367,18 @@ def load_study(spec: StudySpec, storage: optuna.storages.BaseStorage, *, create:
     """Create or resume the study, refusing a study file that no longer matches what the storage holds."""
     if create:
         study = optuna.create_study(
-            study_name=spec.name, storage=storage, directions=spec.directions,
-            pruner=make_pruner(spec), load_if_exists=True,
-        )  # fmt: skip
+            study_name=spec.name,
+            storage=storage,
+            directions=spec.directions,
+            pruner=make_pruner(spec),
+            load_if_exists=True,
+        )
     else:
         try:
             study = optuna.load_study(study_name=spec.name, storage=storage)
         except KeyError as exc:
-            raise StudyFileError(f"no study {spec.name} in {spec.storage}; run `sqdr sweep {spec.path}` first.") from exc
+            message = f"no study {spec.name} in {spec.storage}; run `sqdr sweep {spec.path}` first."
+            raise StudyFileError(message) from exc
     _check_study_matches(spec, study)
     return study
 
@@ -437,7 +466,8 @@ def config_args(spec: StudySpec, params: dict[str, Any]) -> list[str]:
 
 def trial_args(spec: StudySpec, params: dict[str, Any], number: int) -> list[str]:
     """The complete ``sqdr fit`` arguments of trial ``number``: its run lands in ``runs/<study>/trial_<n>/``."""
-    args = config_args(spec, params) + ["--runs_dir", f"{spec.runs_dir}/{spec.name}", "--experiment", f"trial_{number}"]
+    args = config_args(spec, params)
+    args += ["--runs_dir", f"{spec.runs_dir}/{spec.name}", "--experiment", f"trial_{number}"]
     if spec.wandb:
         args += ["--logger", "wandb", "--wandb_group", spec.name]
     return args
@@ -574,7 +604,7 @@ def make_objective(spec: StudySpec, lock: BudgetLock) -> Callable[[Trial], list[
         trial.set_user_attr("duration_s", round(time.monotonic() - started, 1))
         missing = [o.metric for o in spec.objectives if o.metric not in metrics]
         if missing:
-            raise KeyError(f"objective metric(s) {missing} not logged; logged: {sorted(metrics)}")
+            raise ValueError(f"objective metric(s) {missing} were not logged; logged: {sorted(metrics)}")
         return [metrics[o.metric] for o in spec.objectives]
 
     return objective
@@ -671,10 +701,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def run(spec: StudySpec, args: argparse.Namespace, argv: list[str]) -> int:
+    """Check what a trial would be, then run the workers (or, in a spawned process, one worker)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    if args.worker_index is not None:
+        return run_worker(spec, args.worker_index, _threads_per_worker(args.workers))
+    if args.workers > 1 and storage_kind(spec.storage) == "sqlite":
+        raise StudyFileError(
+            f"SQLite storage is for one worker; for --workers {args.workers} pass "
+            f"--storage journal:results/studies/{spec.name}.journal (one machine) or a postgresql:// URL."
+        )
+    load_study(spec, open_storage(spec), create=True)
+    validate_trial_args(spec)
+    code = run_workers(spec, argv, args.workers)
+    print(study_status(spec), flush=True)
+    print(f"best trials, table and figure: sqdr sweep --summary {spec.path}", flush=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
         spec = load_study_file(args.study, n_trials=args.n_trials, storage=args.storage, wandb=args.wandb)
         if args.summary:
@@ -682,18 +729,7 @@ def main(argv: list[str] | None = None) -> None:
 
             report_study(spec)
             return
-        if args.worker_index is not None:
-            sys.exit(run_worker(spec, args.worker_index, _threads_per_worker(args.workers)))
-        if args.workers > 1 and storage_kind(spec.storage) == "sqlite":
-            raise StudyFileError(
-                f"SQLite storage is for one worker; for --workers {args.workers} pass "
-                f"--storage journal:results/studies/{spec.name}.journal (one machine) or a postgresql:// URL."
-            )
-        load_study(spec, open_storage(spec), create=True)
-        validate_trial_args(spec)
-        code = run_workers(spec, argv, args.workers)
-        print(study_status(spec), flush=True)
-        print(f"tables and figures: sqdr sweep --summary {spec.path}", flush=True)
+        code = run(spec, args, argv)
     except StudyFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -120,3 +120,13 @@ def test_top_level_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for command in ("fit", "sweep", "noise", "report", "bench"):
         assert command in out
+
+
+def test_noise_aware_training_certifies_on_default_mixed(tmp_path):
+    main(["fit", *tiny_run_args(tmp_path, "--trainer.max_epochs", "1", "--test_after_fit", "true",
+                                "--model.net.init_args.noise", "paper", "--model.certify_samples", "auto")])  # fmt: skip
+    rows = list(csv.DictReader(open(tmp_path / "tiny" / "version_0" / "metrics.csv")))
+    gaps = [float(r["test/max_logit_diff_default.mixed"]) for r in rows if r.get("test/max_logit_diff_default.mixed")]
+    assert gaps and gaps[0] < 1e-4
+    hparams = yaml.safe_load(open(tmp_path / "tiny" / "version_0" / "hparams.yaml"))
+    assert hparams["noise"]["bit_flip"] == 0.02 and hparams["noise"]["amplitude_damping"] == "feature"
