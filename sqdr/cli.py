@@ -178,7 +178,6 @@ class SQDRCLI(LightningCLI):
 
 def make_cli(args: list[str] | None = None, *, run: bool = True, callbacks: list[Callback] | None = None) -> SQDRCLI:
     """Build (and by default run) the LightningCLI; ``run=False`` with ``callbacks`` is how sweeps drive trials."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     return SQDRCLI(
         SQDRModule,
