@@ -152,21 +152,16 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub table (pandas' own ``to_markdown`` needs an extra package)."""
-    def cell(value: Any) -> str:
-        if value is None or (isinstance(value, float) and pd.isna(value)):
-            return ""
-        text = f"{value:.4g}" if isinstance(value, float) else str(value)
-        return text.replace("|", "\\|")
-
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(_format(v, missing="").replace("|", "\\|") for v in row) + " |")
     return "\n".join(lines) + "\n"
 
 
 def print_best(spec: StudySpec, study: optuna.Study, table: pd.DataFrame) -> None:
     """A rich table of the best trials / Pareto front / noise levels, then the command that re-runs each alone."""
     title, trials = shown_trials(spec, study)
-    shown = table[table.trial.isin([t.number for t in trials])].set_index("trial").loc[[t.number for t in trials]]
+    shown = table.set_index("trial").loc[[t.number for t in trials]]
     columns = [o.metric for o in spec.objectives] + list(short_names(list(spec.space)).values())
     columns += [PARAMS_METRIC] if PARAMS_METRIC not in columns else []
     rich_table = Table(title=f"{spec.name}: {title} ({len(trials)} of {len(table)} trials)")
@@ -180,9 +175,9 @@ def print_best(spec: StudySpec, study: optuna.Study, table: pd.DataFrame) -> Non
         console.print(f"re-run trial {number}: {row['command']}", soft_wrap=True, highlight=False)
 
 
-def _format(value: Any) -> str:
+def _format(value: Any, missing: str = "-") -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
-        return "-"
+        return missing
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 

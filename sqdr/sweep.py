@@ -31,10 +31,11 @@ import time
 import warnings
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import optuna
 import yaml
@@ -305,7 +306,7 @@ def _grid(spec: StudySpec) -> dict[str, list[Any]]:
         if isinstance(dist, CategoricalDistribution):
             grid[key] = list(dist.choices)
         elif dist.step is not None and not dist.log:
-            n = int(round((dist.high - dist.low) / dist.step)) + 1
+            n = round((dist.high - dist.low) / dist.step) + 1
             grid[key] = [round(dist.low + i * dist.step, 12) for i in range(n)]  # 0.06, not 0.06000000000000001
         else:
             raise StudyFileError(f"{spec.path}: the grid sampler needs choices or a step (without log) for {key}.")
@@ -561,7 +562,7 @@ def _worker_is_gone(trial: FrozenTrial, now: datetime) -> bool:
     return worker["start"] != _process_start(worker["pid"]) or worker["pid"] == os.getpid()
 
 
-def fail_stale_trials(study: optuna.Study, spec: StudySpec, storage: optuna.storages.BaseStorage) -> None:
+def fail_orphaned_trials(study: optuna.Study, spec: StudySpec, storage: optuna.storages.BaseStorage) -> None:
     """Fail RUNNING trials whose worker died, and queue a retry with the same parameters (``max_retry`` times)."""
     if isinstance(storage, RDBStorage):
         optuna.storages.fail_stale_trials(study)
@@ -626,7 +627,7 @@ def run_worker(spec: StudySpec, index: int, threads: int) -> int:
     while True:
         lock.acquire()
         try:
-            fail_stale_trials(study, spec, storage)
+            fail_orphaned_trials(study, spec, storage)
             step = next_step(study, spec.n_trials)
             if step == "run":
                 study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[lambda s, t: ran.append(t)])
