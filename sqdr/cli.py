@@ -97,14 +97,18 @@ class SQDRCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         config = self._run_config()
         callbacks = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
-        if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
-            callbacks.append(ModelCheckpoint(monitor="val/acc", mode="max", save_last=True, filename="best-{epoch}"))
-        if not sys.stdout.isatty():
-            callbacks.append(EpochLine())
-        kwargs["callbacks"] = callbacks
         loggers = self._make_loggers(config)
         if loggers:
             kwargs["logger"] = loggers
+        if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            # An explicit folder: with fast_dev_run Lightning drops the loggers and would write to the cwd.
+            dirpath = Path(loggers[0].log_dir) / "checkpoints" if loggers else None
+            callbacks.append(
+                ModelCheckpoint(dirpath, monitor="val/acc", mode="max", save_last=True, filename="best-{epoch}")
+            )
+        if not sys.stdout.isatty():
+            callbacks.append(EpochLine())
+        kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
     def _make_loggers(self, config) -> list[Logger]:
