@@ -13,7 +13,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from sqdr.data import ImageDataModule
+from sqdr.data import DatasetNotFoundError, ImageDataModule
 from sqdr.module import SQDRModule
 
 TOOL_COMMANDS = {
@@ -205,7 +205,14 @@ def main(argv: list[str] | None = None) -> None:
 
         importlib.import_module(TOOL_COMMANDS[args[0]]).main(args[1:])
         return
-    make_cli(argv)
+    try:
+        make_cli(argv)
+    except (DatasetNotFoundError, ValueError) as error:
+        # A user's mistake (missing data, impossible configuration) deserves one sentence, not a traceback.
+        if os.environ.get("SQDR_DEBUG"):
+            raise
+        print(f"error: {error}\n(set SQDR_DEBUG=1 to see the traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

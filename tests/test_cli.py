@@ -130,3 +130,20 @@ def test_noise_aware_training_certifies_on_default_mixed(tmp_path):
     assert gaps and gaps[0] < 1e-4
     hparams = yaml.safe_load(open(tmp_path / "tiny" / "version_0" / "hparams.yaml"))
     assert hparams["noise"]["bit_flip"] == 0.02 and hparams["noise"]["amplitude_damping"] == "feature"
+
+
+def test_missing_data_is_one_clear_sentence_not_a_traceback(tmp_path, capsys):
+    args = ["--data", "sqdr.data.MNISTDataModule", "--data.root", str(tmp_path / "data"), "--data.download", "false"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *tiny_run_args(tmp_path), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MNIST is missing from") and str(tmp_path / "data" / "MNIST" / "raw") in err
+    assert "Traceback" not in err
+
+
+def test_impossible_model_configuration_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *tiny_run_args(tmp_path, "--model.net.init_args.head", "none", "--model.net.init_args.n_qubits", "2")])
+    assert exit_info.value.code == 2
+    assert "head='none' reads one qubit per class" in capsys.readouterr().err
