@@ -119,7 +119,8 @@ class SQDRCLI(LightningCLI):
         if config.logger == "wandb":
             from lightning.pytorch.loggers import WandbLogger
 
-            run_dir = loggers[0].log_dir
+            # Absolute: W&B's service process keeps the working directory it started in.
+            run_dir = os.path.abspath(loggers[0].log_dir)
             os.makedirs(run_dir, exist_ok=True)
             loggers.append(
                 WandbLogger(

@@ -331,7 +331,7 @@ def log_to_wandb(results: list[Result], png: Path, config: dict[str, Any], out_d
 
     run = wandb.init(
         project=config["wandb_project"], group=config["experiment"], name=f"{config['experiment']}/noise",
-        job_type="noise", dir=os.environ.get("WANDB_DIR") or str(out_dir), mode=wandb_mode(), config=config,
+        job_type="noise", dir=os.environ.get("WANDB_DIR") or str(out_dir.resolve()), mode=wandb_mode(), config=config,
     )
     table = wandb.Table(columns=[f.name for f in fields(Result)], data=[list(astuple(r)) for r in results])
     run.log({**{r.metric: r.accuracy for r in results}, "noise/table": table, "noise/plot": wandb.Image(str(png))})
