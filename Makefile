@@ -22,7 +22,7 @@ install: $(BIN)/sqdr ## create .venv/ and install sqdr with its test tools
 test: install ## the default test suite (no network; under 15 minutes on 2 cores)
 	$(BIN)/pytest -q
 
-test-slow: install ## the slow tests: paper-size engine comparisons, multi-process sweeps
+test-slow: install ## the slow tests: every engine against PennyLane at the paper size (9 qubits)
 	$(BIN)/pytest -q -m slow
 
 train: install ## train the quickstart model on the embedded digits data set, then test it

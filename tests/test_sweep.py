@@ -230,7 +230,6 @@ def postgres_url():
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.mark.slow
 def test_two_workers_on_postgresql_complete_exactly_four_distinct_trials(tmp_path, postgres_url):
     path = write_study(tmp_path, "postgres2", n_trials=4, storage=postgres_url, overrides=LONGER_TRIALS)
     output = finish(start_sweep([str(path), "--workers", "2"], tmp_path))
@@ -274,7 +273,6 @@ def test_worker_killed_mid_trial_is_failed_and_retried_on_a_journal_file(tmp_pat
     assert_failed_trial_was_retried(stored_study(path), 1)
 
 
-@pytest.mark.slow
 def test_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried_on_sqlite(tmp_path):
     path = write_study(
         tmp_path,
