@@ -67,7 +67,7 @@ def _workload(case: Case):
     if case.name == "encoder":
         def step():
             model.zero_grad()
-            model.encoder(model.coder(images)).sum().backward()
+            model.encode(images).sum().backward()
 
         return step
     if case.name == "inference":

@@ -174,10 +174,10 @@ class SQDRModule(L.LightningModule):
             with torch.no_grad():
                 # One set of encoder features for both engines (rate coding is random), and exact expectations
                 # on both sides: certification compares the circuits' functions, not spike or shot noise.
-                features = net.encoder(net.coder(images))
+                features = net.encode(images)
                 for name in (fast_engine.name, engine):
                     circuit.set_engine(name)
-                    logits.append(net.head(circuit(features)))
+                    logits.append(net.classify(features))
         finally:
             circuit.engine = fast_engine
         fast_logits, reference_logits = logits

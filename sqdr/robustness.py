@@ -246,7 +246,7 @@ def make_test_loader(data: dict[str, Any], root: str | None, test_size: int | No
 @torch.no_grad()
 def encode(net: torch.nn.Module, loader: DataLoader) -> Batches:
     """The circuit's inputs for the whole test set (``SQDRCNN.forward`` up to the circuit), computed once."""
-    return [(net.encoder(net.coder(images)), labels) for images, labels in loader]
+    return [(net.encode(images), labels) for images, labels in loader]
 
 
 @torch.no_grad()
@@ -255,7 +255,7 @@ def accuracy(net: torch.nn.Module, batches: Batches, noise: NoiseSpec, shots: in
     net.circuit.set_engine("fused", shots=shots, noise=noise)
     metric = MulticlassAccuracy(net.num_classes, average="micro")
     for features, labels in batches:
-        metric.update(net.head(net.circuit(features)).argmax(1), labels)
+        metric.update(net.classify(features).argmax(1), labels)
     return round(float(metric.compute()), 6)  # k/n in float32 carries noise in the 8th digit
 
 

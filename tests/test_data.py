@@ -22,7 +22,6 @@ from torchvision import datasets
 
 import sqdr.data.vision
 from sqdr.data import (
-    DATAMODULES,
     CIFAR10DataModule,
     DatasetNotFoundError,
     DigitsDataModule,
@@ -325,17 +324,6 @@ def test_options_parse_from_the_command_line_and_the_linked_properties_follow():
 def test_impossible_options_fail_at_construction(options):
     with pytest.raises(ValueError):
         MNISTDataModule(**options)
-
-
-def test_datamodules_maps_every_data_set_name_to_its_class():
-    assert DATAMODULES == {
-        "mnist": MNISTDataModule,
-        "fashion_mnist": FashionMNISTDataModule,
-        "kmnist": KMNISTDataModule,
-        "cifar10": CIFAR10DataModule,
-        "digits": DigitsDataModule,
-        "synthetic": SyntheticDataModule,
-    }
 
 
 @pytest.mark.skipif(not REAL_DEBIAN.is_dir(), reason=f"Debian's dataset-fashion-mnist is not installed ({REAL_DEBIAN})")

@@ -11,17 +11,7 @@ from sqdr.data.vision import (
     TorchvisionDataModule,
 )
 
-DATAMODULES: dict[str, type[ImageDataModule]] = {
-    "mnist": MNISTDataModule,
-    "fashion_mnist": FashionMNISTDataModule,
-    "kmnist": KMNISTDataModule,
-    "cifar10": CIFAR10DataModule,
-    "digits": DigitsDataModule,
-    "synthetic": SyntheticDataModule,
-}
-
 __all__ = [
-    "DATAMODULES",
     "CIFAR10DataModule",
     "DatasetNotFoundError",
     "DigitsDataModule",

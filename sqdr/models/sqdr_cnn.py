@@ -115,11 +115,22 @@ class SQDRCNN(nn.Module):
         self.head = make_head(head, n_qubits, num_classes, head_hidden, head_relu)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.encode(images))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Spike coding and the spiking encoder: the circuit's input features ``(B, 3 * n_qubits)``.
+
+        Split from :meth:`classify` so that evaluations which only change the circuit (other engines, noise)
+        encode once and reuse the features.
+        """
         if images.dim() != 4 or images.shape[1] != self.in_channels:
             raise ValueError(
                 f"Expected images of shape (batch, {self.in_channels}, H, W), got {tuple(images.shape)}."
             )
-        features = self.encoder(self.coder(images))
+        return self.encoder(self.coder(images))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """The circuit and the head: logits from encoder features."""
         return self.head(self.circuit(features))
 
     def parameter_counts(self) -> dict[str, int]:

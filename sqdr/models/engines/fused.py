@@ -95,7 +95,8 @@ class FusedEngine:
         self.spec = spec
         self.shots = shots
         self.mixed = spec.noise is not None
-        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tables: dict[tuple, torch.Tensor] = {}
+        self._partners = self._partner_table(spec)
 
     # -- constants -------------------------------------------------------------------------------
     def _cz_signs(self, device, dtype) -> torch.Tensor:
@@ -163,17 +164,18 @@ class FusedEngine:
             vectors = first[..., 0]
             marginals = vectors.unsqueeze(-1) * vectors.conj().unsqueeze(-2)
         z = (marginals[..., 0, 0] - marginals[..., 1, 1]).real
-        partners = self._partners(z.device)
+        partners = self._partners.to(z.device)
         coherence = torch.where(partners, z.unsqueeze(1), torch.ones_like(z).unsqueeze(1)).prod(-1)
         diagonal = torch.eye(2, dtype=torch.bool, device=z.device)
         scale = torch.where(diagonal, torch.ones_like(coherence)[..., None, None], coherence[..., None, None])
         return marginals * scale
 
-    def _partners(self, device) -> torch.Tensor:
+    @staticmethod
+    def _partner_table(spec: CircuitSpec) -> torch.Tensor:
         """``partners[i, j]``: qubits ``i`` and ``j`` share a CZ gate."""
-        n = self.spec.n_qubits
-        partners = torch.zeros(n, n, dtype=torch.bool, device=device)
-        for a, b in self.spec.cz_pairs:
+        n = spec.n_qubits
+        partners = torch.zeros(n, n, dtype=torch.bool)
+        for a, b in spec.cz_pairs:
             partners[a, b] = partners[b, a] = True
         return partners
 
