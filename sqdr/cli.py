@@ -1,77 +1,67 @@
-"""The ``sqdr`` command: ``fit|validate|test|predict`` through LightningCLI, plus ``sweep|noise|report|bench``."""
+"""``sqdr fit|validate|test|predict``: the LightningCLI of SQDR-CNN, with sqdr's run layout.
+
+Every run writes ``<runs_dir>/<experiment>/version_N/`` with ``config.yaml``, ``metrics.csv``, ``hparams.yaml``
+and ``checkpoints/``. ``--ckpt_path last`` continues the newest run of the experiment that has a checkpoint, in
+its own directory; a checkpoint's model options win over defaults, and contradict explicit options only with an
+error that says which.
+"""
 
 from __future__ import annotations
 
-import csv
-import os
+import inspect
+import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, Logger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers import Logger
 
-from sqdr.data import DatasetNotFoundError, ImageDataModule
+from sqdr.callbacks import default_callbacks
+from sqdr.data import ImageDataModule
+from sqdr.errors import UserError
+from sqdr.models import SQDRCNN
+from sqdr.loggers import RunCSVLogger, wandb_mode
 from sqdr.module import SQDRModule
 
-TOOL_COMMANDS = {
-    "sweep": "sqdr.sweep",
-    "noise": "sqdr.robustness",
-    "report": "sqdr.report",
-    "bench": "sqdr.bench",
+# TODO-INTEGRATE
+def resumable_checkpoint(experiment_dir: Path) -> Path | None:
+    versions = sorted(
+        (p for p in experiment_dir.glob("version_*") if p.name.removeprefix("version_").isdigit()),
+        key=lambda p: int(p.name.removeprefix("version_")),
+    )
+    for version in reversed(versions):
+        if (version / "checkpoints" / "last.ckpt").is_file():
+            return version / "checkpoints" / "last.ckpt"
+    return None
+
+
+def load_checkpoint(path: Path) -> dict:
+    import torch
+
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass a .ckpt file written by `sqdr fit`.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise UserError(f"{path} is not a checkpoint written by `sqdr fit`; pass one from runs/*/version_*/checkpoints/.") from None
+
+#: Option values of earlier releases, and what replaced them.
+RENAMED_OPTIONS = {
+    "model.optimizer": ("adam adamw sgd", "a class such as torch.optim.Adam (options under model.optimizer.init_args)"),
+    "model.scheduler": (
+        "none cosine step",
+        "a class such as {class_path: torch.optim.lr_scheduler.CosineAnnealingLR, init_args: {T_max: EPOCHS}}",
+    ),
 }
 
-USAGE = """usage: sqdr {fit,validate,test,predict,sweep,noise,report,bench} ...
-
-  fit|validate|test|predict   train and evaluate SQDR-CNN (LightningCLI; `sqdr fit --help`)
-  sweep STUDY.yaml            Optuna hyperparameter study (`sqdr sweep --help`)
-  noise                       accuracy of a trained checkpoint under hardware noise (`sqdr noise --help`)
-  report                      tables and figures from studies and runs (`sqdr report --help`)
-  bench                       engine throughput, side by side in one run (`sqdr bench --help`)
-"""
-
-
-def wandb_mode() -> str:
-    """``online`` only when the user asked for it or has W&B credentials; otherwise ``offline``."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    netrc = Path.home() / ".netrc"
-    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
-        return "online"
-    return "offline"
-
-
-class EpochLine(Callback):
-    """One line per epoch for non-interactive runs (CI logs, batch jobs), where a progress bar is noise."""
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
-        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
-        print(f"epoch {trainer.current_epoch}: {shown}", flush=True)
-
-
-class AppendingExperimentWriter(ExperimentWriter):
-    """Lightning's CSV writer deletes an existing ``metrics.csv``; a resumed run must append to its history."""
-
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
-                self.metrics_keys = next(csv.reader(file), [])
-
-
-class RunCSVLogger(CSVLogger):
-    """``CSVLogger`` that keeps the metrics of earlier epochs when a run is resumed in its own directory."""
-
-    @property
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            os.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = AppendingExperimentWriter(log_dir=self.log_dir)
-        return self._experiment
+#: Model options that change the network's shape or function: a checkpoint and an explicit option must agree.
+SHAPE_OPTIONS = (
+    "time_steps", "n_qubits", "n_blocks", "coding", "encoder_channels", "neuron",
+    "entangler", "head", "head_hidden", "head_relu",
+)  # fmt: skip
 
 
 class SQDRCLI(LightningCLI):
@@ -91,10 +81,53 @@ class SQDRCLI(LightningCLI):
         parser.link_arguments("data.in_channels", "model.net.init_args.in_channels", apply_on="instantiate")
         parser.link_arguments("data.image_hw", "model.net.init_args.image_size", apply_on="instantiate")
 
-    def _run_config(self):
-        return self.config[self.subcommand] if self.subcommand else self.config
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Refuse the option values of earlier releases by name, then resolve checkpoints."""
+        _refuse_renamed_options(list(args or []) if not isinstance(args, dict) else [])
+        super().parse_arguments(parser, args)
+        self._resolve_checkpoint()
 
-    def instantiate_trainer(self, **kwargs):
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def _resolve_checkpoint(self) -> None:
+        """Resolve ``--ckpt_path last`` to a file, refuse unreadable checkpoints and options that contradict one."""
+        config = self._run_config()
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path:
+            return
+        if ckpt_path == "last":
+            experiment_dir = Path(config.runs_dir) / config.experiment
+            found = resumable_checkpoint(experiment_dir)
+            if found is None:
+                raise UserError(
+                    f"--ckpt_path last found no checkpoint to resume under {experiment_dir}/version_*/checkpoints/; "
+                    "run `sqdr fit` without --ckpt_path first, or pass a checkpoint file."
+                )
+            config.ckpt_path = ckpt_path = str(found)
+        checkpoint = load_checkpoint(Path(ckpt_path))
+        self._check_conflicts(checkpoint.get("hyper_parameters", {}), ckpt_path)
+        self._resume = (Path(ckpt_path), int(checkpoint.get("global_step", 0)))
+
+    def _check_conflicts(self, hparams: dict[str, Any], ckpt_path: str) -> None:
+        """An option set away from its default that disagrees with the checkpoint's model is an error."""
+        stored = (hparams.get("net") or {}).get("init_args") or {}
+        given = self._run_config().model.net.init_args
+        defaults = inspect.signature(SQDRCNN).parameters
+        for key in SHAPE_OPTIONS:
+            if key not in stored or key not in given:
+                continue
+            value, default = given[key], defaults[key].default
+            if _plain(value) != _plain(stored[key]) and _plain(value) != _plain(default):
+                raise UserError(
+                    f"--model.net.init_args.{key} is {_plain(value)!r}, but the checkpoint {ckpt_path} holds a model "
+                    f"with {key}={_plain(stored[key])!r}; drop the option to use the checkpoint's model, or train a "
+                    "new run without --ckpt_path."
+                )
+
+    def _run_config(self):
+        return self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+
+    # -- trainer -------------------------------------------------------------------------------------
+    def instantiate_trainer(self, **kwargs: Any):
         config = self._run_config()
         callbacks = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
         loggers = self._make_loggers(config)
@@ -106,70 +139,70 @@ class SQDRCLI(LightningCLI):
             callbacks.append(
                 ModelCheckpoint(dirpath, monitor="val/acc", mode="max", save_last=True, filename="best-{epoch}")
             )
-        if not sys.stdout.isatty():
-            callbacks.append(EpochLine())
-        kwargs["callbacks"] = callbacks
+        kwargs["callbacks"] = [*callbacks, *default_callbacks(interactive=sys.stdout.isatty())]
         return super().instantiate_trainer(**kwargs)
 
     def _make_loggers(self, config) -> list[Logger]:
         if config.trainer.get("logger") not in (None, True):
             return []  # the user configured loggers explicitly
-        version = self._resumed_version(config)
-        loggers: list[Logger] = [RunCSVLogger(save_dir=config.runs_dir, name=config.experiment, version=version)]
+        resume = getattr(self, "_resume", None)
+        version, resume_step = None, None
+        if resume is not None and self.config.get("subcommand") == "fit":
+            run_dir = resume[0].parent.parent
+            if run_dir.parent == Path(config.runs_dir) / config.experiment:
+                version, resume_step = run_dir.name.removeprefix("version_"), resume[1]
+                version = int(version) if version.isdigit() else version
+        loggers: list[Logger] = [
+            RunCSVLogger(save_dir=config.runs_dir, name=config.experiment, version=version, resume_step=resume_step)
+        ]
         if config.logger == "wandb":
-            from lightning.pytorch.loggers import WandbLogger
-
-            # Absolute: W&B's service process keeps the working directory it started in.
-            run_dir = os.path.abspath(loggers[0].log_dir)
-            os.makedirs(run_dir, exist_ok=True)
-            loggers.append(
-                WandbLogger(
-                    project=config.wandb_project,
-                    group=config.wandb_group or config.experiment,
-                    tags=list(config.wandb_tags) or None,
-                    name=f"{config.experiment}/{Path(run_dir).name}",
-                    save_dir=run_dir,
-                    offline=wandb_mode() == "offline",
-                    config=self._flat_config(config),
-                )
-            )
+            loggers.append(self._wandb_logger(config, Path(loggers[0].log_dir)))
         return loggers
 
-    def _resumed_version(self, config) -> int | None:
-        """``--ckpt_path last`` continues the newest run of the experiment, in its own directory."""
-        if config.get("ckpt_path") != "last":
-            return None
-        experiment_dir = Path(config.runs_dir) / config.experiment
-        versions = sorted(
-            int(p.name.split("_")[1]) for p in experiment_dir.glob("version_*") if p.name.split("_")[1].isdigit()
-        )
-        if not versions or not (experiment_dir / f"version_{versions[-1]}" / "checkpoints" / "last.ckpt").exists():
-            raise SystemExit(
-                f"error: --ckpt_path last found no checkpoint to resume under {experiment_dir}/version_*/checkpoints/; "
-                "run `sqdr fit` without --ckpt_path first, or pass a checkpoint file."
-            )
-        return versions[-1]
+    def _wandb_logger(self, config, run_dir: Path) -> Logger:
+        from lightning.pytorch.loggers import WandbLogger
 
-    @staticmethod
-    def _flat_config(config) -> dict:
+        # Absolute: W&B's service process keeps the working directory it started in.
+        run_dir = run_dir.resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
         keep = ("model", "data", "trainer", "experiment")
-        return {k: v for k, v in config.as_dict().items() if k in keep}
+        return WandbLogger(
+            project=config.wandb_project,
+            group=config.wandb_group or config.experiment,
+            tags=list(config.wandb_tags) or None,
+            name=f"{config.experiment}/{run_dir.name}",
+            save_dir=str(run_dir),
+            mode=wandb_mode(),
+            config={k: v for k, v in config.as_dict().items() if k in keep},
+        )
 
+    # -- after each sub-command ----------------------------------------------------------------------
     def after_fit(self) -> None:
         config = self._run_config()
-        run_dir = self.trainer.log_dir
         if config.test_after_fit:
             checkpoint = self.trainer.checkpoint_callback
             best = "best" if checkpoint is not None and checkpoint.best_model_path else None
             results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best, verbose=False)
-            accuracy = results[0]["test/acc"]
+            tested = min(len(self.datamodule.data_test), sum(self.trainer.num_test_batches) * self.datamodule.hparams.batch_size)
             which = "best checkpoint" if best else "final weights"
-            print(f"test accuracy: {accuracy:.2%}  ({which}, {len(self.datamodule.data_test)} images)")
+            print(f"test accuracy: {results[0]['test/acc']:.2%}  ({which}, {tested} images)")
             for key, value in sorted(results[0].items()):
                 if key.startswith("test/acc_"):
                     print(f"test accuracy on {key.removeprefix('test/acc_')}: {value:.2%} (certification subset)")
         self.finish_loggers()
-        print(f"run written to {run_dir}")
+        self._say_where()
+
+    def after_predict(self) -> None:
+        self.finish_loggers()
+        writer = next((c for c in self.trainer.callbacks if hasattr(c, "write_on_epoch_end")), None)
+        if writer is not None and writer.path is not None:
+            print(f"predictions written to {writer.path}")
+
+    def _say_where(self) -> None:
+        if self.trainer.fast_dev_run:
+            print("fast_dev_run: nothing was saved (no run directory, no checkpoint)")
+        else:
+            print(f"run written to {self.trainer.log_dir}")
 
     def finish_loggers(self) -> None:
         """Close the W&B run so its files are complete (and one process can start the next run)."""
@@ -178,18 +211,61 @@ class SQDRCLI(LightningCLI):
 
             wandb.finish()
 
-    after_validate = after_test = after_predict = finish_loggers
+    after_validate = after_test = finish_loggers
+
+
+def _refuse_renamed_options(args: list[str]) -> None:
+    """``optimizer: adam`` (in a config file or on the command line) names its replacement instead of a parse error."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    for flag, value in zip(args, args[1:]):
+        if flag == "--config" and Path(value).is_file():
+            model = (yaml.safe_load(Path(value).read_text()) or {}).get("model") or {}
+            values.update({f"model.{k}": v for k, v in model.items() if isinstance(model, dict)})
+        elif flag.startswith("--model."):
+            values[flag.removeprefix("--")] = value
+    for key, (old, new) in RENAMED_OPTIONS.items():
+        if isinstance(values.get(key), str) and values[key] in old.split():
+            raise UserError(f"{key}: {values[key]!r} is the syntax of an earlier release; give {new}.")
+
+
+def _plain(value: Any) -> Any:
+    """Config values compare as plain data (tuples and lists alike)."""
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+class _DropNoise(logging.Filter):
+    """Lines Lightning prints on every run that a user cannot act on: advertisements ("Tip: try installing ...")
+    and the absence of accelerators this machine does not have."""
+
+    NOISE = ("GPU available: False", "TPU available: False", "HPU available: False")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOISE) and "Tip: For seamless" not in str(record.msg)
+
+
+def quiet_libraries() -> None:
+    """Silence messages a user cannot act on; called when the CLI starts, never at import time."""
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropNoise())
+    # Under LightningCLI `net` is saved as its config (and reloaded from it); Lightning still warns on reload.
+    warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # The dispatcher hands LightningCLI the arguments explicitly; that is intended.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
 
 
 def make_cli(args: list[str] | None = None, *, run: bool = True, callbacks: list[Callback] | None = None) -> SQDRCLI:
     """Build (and by default run) the LightningCLI; ``run=False`` with ``callbacks`` is how sweeps drive trials."""
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    quiet_libraries()
     return SQDRCLI(
         SQDRModule,
         ImageDataModule,
         subclass_mode_data=True,
         args=args,
         run=run,
+        parser_kwargs={"allow_abbrev": False},
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"enable_progress_bar": sys.stdout.isatty(), "callbacks": list(callbacks or [])},
         auto_configure_optimizers=False,
@@ -197,24 +273,5 @@ def make_cli(args: list[str] | None = None, *, run: bool = True, callbacks: list
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        print(USAGE)
-        return
-    if args[0] in TOOL_COMMANDS:
-        import importlib
-
-        importlib.import_module(TOOL_COMMANDS[args[0]]).main(args[1:])
-        return
-    try:
-        make_cli(argv)
-    except (DatasetNotFoundError, ValueError) as error:
-        # A user's mistake (missing data, impossible configuration) deserves one sentence, not a traceback.
-        if os.environ.get("SQDR_DEBUG"):
-            raise
-        print(f"error: {error}\n(set SQDR_DEBUG=1 to see the traceback)", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-if __name__ == "__main__":
-    main()
+    """``sqdr fit|validate|test|predict ...`` (``argv`` includes the sub-command)."""
+    make_cli(list(sys.argv[1:] if argv is None else argv))

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import warnings
+import random
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from sqdr.certify import CertifyEngine, Certification
 from sqdr.models import SQDRCNN
-
-Optimizer = Literal["adam", "adamw", "sgd"]
-Scheduler = Literal["none", "cosine", "step"]
-CertifyEngine = Literal["auto", "none", "lightning", "default.qubit", "default.mixed"]
-
-# Under LightningCLI `net` is saved as its config (and reloaded from it); Lightning still warns on reload.
-warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
 
 RECORDED_PACKAGES = ("sqdr", "torch", "lightning", "snntorch", "pennylane", "pennylane_lightning", "torchmetrics")
 
@@ -35,18 +31,39 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def rng_states() -> dict[str, Any]:
+    """Every random generator a training step draws from (shuffling, rate coding, flips, shots).
+
+    As tensors and plain numbers only, so checkpoints still load with ``torch.load(weights_only=True)``.
+    """
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    torch.set_rng_state(states["torch"])
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    random.setstate(states["python"])
+
+
 class SQDRModule(L.LightningModule):
     """Trains an SQDR-CNN end to end and certifies the trained model on a PennyLane device.
 
     Args:
         net: the network (its configuration is part of the run's config).
-        optimizer: ``adam``, ``adamw`` or ``sgd``.
+        optimizer: the optimiser class and its options (``torch.optim.Adam`` by default); the learning rates
+            come from ``lr`` and ``circuit_lr``, which set its two parameter groups.
         lr: learning rate of the classical parts (encoder and head).
         circuit_lr: learning rate of the circuit's angles (defaults to ``lr``); quantum angles often want
             a larger rate than convolution weights.
         weight_decay: applied to the classical parts only (decaying rotation angles towards 0 has no meaning).
-        momentum: SGD momentum.
-        scheduler: ``none``, ``cosine`` (over ``max_epochs``) or ``step`` (``step_size``, ``gamma``).
+        scheduler: a learning-rate scheduler class and its options (none by default), stepped once per epoch,
+            e.g. ``{class_path: torch.optim.lr_scheduler.CosineAnnealingLR, init_args: {T_max: 15}}``.
         certify_engine: engine that re-scores the trained model on the test set: ``auto`` picks
             ``lightning`` (or ``default.mixed`` for a noisy model); ``none`` turns certification off.
         certify_samples: how many test samples to certify (the first N, or ``all``); ``auto`` takes 128 on a
@@ -56,35 +73,28 @@ class SQDRModule(L.LightningModule):
     def __init__(
         self,
         net: SQDRCNN,
-        optimizer: Optimizer = "adam",
+        optimizer: OptimizerCallable = torch.optim.Adam,
         lr: float = 1e-3,
         circuit_lr: float | None = None,
         weight_decay: float = 0.0,
-        momentum: float = 0.9,
-        scheduler: Scheduler = "none",
-        step_size: int = 10,
-        gamma: float = 0.1,
+        scheduler: LRSchedulerCallable | None = None,
         certify_engine: CertifyEngine = "auto",
         certify_samples: int | Literal["auto", "all"] = "auto",
     ) -> None:
         super().__init__()
-        if net.circuit.spec.noise is not None and certify_engine in ("lightning", "default.qubit"):
-            raise ValueError(
-                f"A noisy model cannot be certified on the pure-state engine {certify_engine!r}; "
-                "use certify_engine 'auto' or 'default.mixed'."
-            )
-        self.save_hyperparameters()  # under LightningCLI, `net` is saved as its config, so checkpoints reload alone
+        self.certification = Certification(certify_engine, certify_samples, net.circuit.spec.noise)
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])  # callables: LightningCLI saves their config
         self.net = net
+        self.optimizer = optimizer
+        self.scheduler = scheduler
         self.criterion = nn.CrossEntropyLoss()
         num_classes = net.num_classes
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.certified_acc = MulticlassAccuracy(num_classes, average="micro")
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
-        self.certify_gap = MaxMetric()
-        self._certified = 0
+        self._resumed_rng: dict[str, Any] | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -93,6 +103,10 @@ class SQDRModule(L.LightningModule):
         images, labels = batch
         logits = self(images)
         return self.criterion(logits, labels), logits.argmax(1), labels
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Certification belongs to the model's configuration, so the model brings its callback along."""
+        return [self.certification] if self.certification.engine is not None else []
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def run_summary(self) -> dict[str, Any]:
@@ -111,19 +125,34 @@ class SQDRModule(L.LightningModule):
             logger.log_hyperparams(summary)
             logger.log_metrics({f"params/{k}": v for k, v in summary["params"].items()}, step=0)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Random states too: a resumed run then draws the same shuffles, spikes and flips as an uninterrupted one."""
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resumed_rng = checkpoint.get("rng_states")
+
     # -- training ----------------------------------------------------------------------------------
     def on_train_start(self) -> None:
-        # Sanity-check validation must not count towards the best accuracy.
+        # Sanity-check validation must not count towards the best accuracy, nor consume random numbers of a
+        # resumed run (rate coding draws spikes in validation too): restore them only now.
         self.val_loss.reset()
         self.val_acc.reset()
-        self.val_acc_best.reset()
+        if self._resumed_rng is not None:
+            set_rng_states(self._resumed_rng)
+            self._resumed_rng = None
+        else:
+            self.val_acc_best.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, preds, labels = self.model_step(batch)
         self.train_loss(loss)
         self.train_acc(preds, labels)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        # The epoch so far, every step: a user sees within seconds whether a run is learning.
+        self.log("train/loss_running", self.train_loss.compute(), on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/acc_running", self.train_acc.compute(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -137,55 +166,13 @@ class SQDRModule(L.LightningModule):
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
 
-    # -- testing and certification -----------------------------------------------------------------
-    def _resolved_certify_engine(self) -> str | None:
-        engine = self.hparams.certify_engine
-        if engine == "none" or engine == self.net.circuit.engine.name:
-            return None
-        if engine == "auto":
-            return "default.mixed" if self.net.circuit.spec.noise else "lightning"
-        return engine
-
-    def on_test_epoch_start(self) -> None:
-        self._certified = 0
-
+    # -- testing -----------------------------------------------------------------------------------
     def test_step(self, batch, batch_idx: int) -> None:
         loss, preds, labels = self.model_step(batch)
         self.test_loss(loss)
         self.test_acc(preds, labels)
         self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True, prog_bar=True)
-        self._certify(batch)
-
-    def _certify(self, batch) -> None:
-        """Re-score the first ``certify_samples`` test samples with a PennyLane engine and log the agreement."""
-        engine = self._resolved_certify_engine()
-        limit = self.hparams.certify_samples
-        if limit == "auto":
-            limit = 8 if engine == "default.mixed" else 128
-        remaining = len(batch[0]) if limit == "all" else limit - self._certified
-        if engine is None or remaining <= 0:
-            return
-        images, labels = batch[0][:remaining], batch[1][:remaining]
-        net, circuit = self.net, self.net.circuit
-        fast_engine = circuit.engine
-        logits = []
-        try:
-            with torch.no_grad():
-                # One set of encoder features for both engines (rate coding is random), and exact expectations
-                # on both sides: certification compares the circuits' functions, not spike or shot noise.
-                features = net.encode(images)
-                for name in (fast_engine.name, engine):
-                    circuit.set_engine(name)
-                    logits.append(net.classify(features))
-        finally:
-            circuit.engine = fast_engine
-        fast_logits, reference_logits = logits
-        self._certified += len(images)
-        self.certified_acc(reference_logits.argmax(1), labels)
-        self.certify_gap((reference_logits - fast_logits).abs().max())
-        self.log(f"test/acc_{engine}", self.certified_acc, on_step=False, on_epoch=True)
-        self.log(f"test/max_logit_diff_{engine}", self.certify_gap, on_step=False, on_epoch=True)
 
     def on_test_epoch_end(self) -> None:
         for name, value in self.net.parameter_counts().items():
@@ -202,20 +189,12 @@ class SQDRModule(L.LightningModule):
         circuit_params = list(self.net.circuit.parameters())
         circuit_ids = {id(p) for p in circuit_params}
         classical = [p for p in self.parameters() if id(p) not in circuit_ids]
-        groups = [
-            {"params": classical, "lr": hp.lr, "weight_decay": hp.weight_decay},
-            {"params": circuit_params, "lr": hp.circuit_lr or hp.lr, "weight_decay": 0.0},
-        ]
-        if hp.optimizer == "adam":
-            optimizer = torch.optim.Adam(groups)
-        elif hp.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(groups)
-        else:
-            optimizer = torch.optim.SGD(groups, momentum=hp.momentum)
-        if hp.scheduler == "none":
+        optimizer = self.optimizer(
+            [
+                {"params": classical, "lr": hp.lr, "weight_decay": hp.weight_decay},
+                {"params": circuit_params, "lr": hp.circuit_lr or hp.lr, "weight_decay": 0.0},
+            ]
+        )
+        if self.scheduler is None:
             return optimizer
-        if hp.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.trainer.max_epochs))
-        else:
-            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=hp.step_size, gamma=hp.gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "interval": "epoch"}}

@@ -12,7 +12,7 @@ import yaml
 
 from sqdr.bench import Case, measure
 from sqdr.bench import main as bench_main
-from sqdr.cli import main
+from sqdr.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "conf/experiments/quickstart.yaml")
@@ -38,7 +38,7 @@ def tiny_run_args(runs_dir: Path, *extra: str) -> list[str]:
 def test_fit_and_test_through_the_cli_with_fast_dev_run(tmp_path, capsys):
     main(["fit", *tiny_run_args(tmp_path, "--trainer.fast_dev_run", "true", "--test_after_fit", "false")])
     main(["test", *tiny_run_args(tmp_path, "--trainer.fast_dev_run", "true")])
-    assert "run written to" in capsys.readouterr().out
+    assert "fast_dev_run: nothing was saved" in capsys.readouterr().out  # and no "run written to None"
 
 
 def test_fit_writes_config_metrics_and_checkpoints_and_certifies_on_lightning(tmp_path, capsys):
@@ -71,9 +71,11 @@ def test_resume_from_last_continues_at_the_next_epoch(tmp_path):
     assert epochs == [0, 1, 2, 3]
 
 
-def test_resume_without_a_previous_run_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="found no checkpoint to resume"):
+def test_resume_without_a_previous_run_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", *tiny_run_args(tmp_path, "--ckpt_path", "last")])
+    assert exit_info.value.code == 2
+    assert "found no checkpoint to resume" in capsys.readouterr().err
 
 
 def test_print_config_reproduces_the_run(tmp_path, capsys):
@@ -138,7 +140,8 @@ def test_missing_data_is_one_clear_sentence_not_a_traceback(tmp_path, capsys):
         main(["fit", *tiny_run_args(tmp_path), *args])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: MNIST is missing from") and str(tmp_path / "data" / "MNIST" / "raw") in err
+    error = next(line for line in err.splitlines() if line.startswith("error:"))
+    assert error.startswith("error: MNIST is missing from") and str(tmp_path / "data" / "MNIST" / "raw") in error
     assert "Traceback" not in err
 
 

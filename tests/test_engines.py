@@ -12,7 +12,7 @@ TOLERANCE = 1e-5
 
 def run_engine(circuit: ReuploadCircuit, engine: str, features: torch.Tensor):
     """Outputs, input gradient and weight gradient of a weighted sum of ``<Z_i>`` under ``engine``."""
-    circuit.set_engine(engine)
+    circuit = circuit.with_engine(engine, noise=circuit.spec.noise)
     circuit.zero_grad()
     features = features.clone().requires_grad_(True)
     expectations = circuit(features)

@@ -51,8 +51,7 @@ def test_zero_noise_equals_the_noiseless_engines(n_blocks):
     features = torch.rand(5, 12, dtype=torch.float64)
     assert noisy.engine.mixed and not pure.engine.mixed
     assert torch.allclose(noisy(features), pure(features), atol=1e-12)
-    pure.set_engine("lightning")
-    assert torch.allclose(noisy(features), pure(features), atol=1e-6)
+    assert torch.allclose(noisy(features), pure.with_engine("lightning", noise=None)(features), atol=1e-6)
 
 
 def test_noise_pulls_expectations_towards_zero():
@@ -60,8 +59,8 @@ def test_noise_pulls_expectations_towards_zero():
     circuit = ReuploadCircuit(3, 2, "chain", init="uniform").double()
     features = torch.rand(64, 9, dtype=torch.float64)
     clean = circuit(features).abs().mean()
-    circuit.set_engine("fused", noise={"depolarizing": 0.3})
-    assert circuit(features).abs().mean() < 0.8 * clean
+    noisy = circuit.with_engine("fused", noise={"depolarizing": 0.3})
+    assert noisy(features).abs().mean() < 0.8 * clean
 
 
 def test_shot_estimates_converge_to_the_exact_expectation():
@@ -72,8 +71,7 @@ def test_shot_estimates_converge_to_the_exact_expectation():
     exact = exact_circuit(features).detach()
     errors = {}
     for shots in (100, 10_000):
-        exact_circuit.set_engine("fused", shots=shots)
-        estimate = exact_circuit(features).detach()
+        estimate = exact_circuit.with_engine("fused", noise="paper", shots=shots)(features).detach()
         assert torch.all((estimate * shots).round() % 2 == shots % 2)  # (zeros - ones) has the parity of shots
         errors[shots] = (estimate - exact).abs().mean().item()
     # The standard error of one estimate is sqrt((1 - <Z>^2) / shots) <= 1/sqrt(shots); with 576 estimates the

@@ -15,8 +15,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from sqdr.errors import UserError
 
-class DatasetNotFoundError(RuntimeError):
+
+class DatasetNotFoundError(UserError):
     """A data set is neither on disk nor downloadable; the message says which files go where and how to get them."""
 
 

@@ -1,4 +1,4 @@
-"""The data re-uploading circuit (Pérez-Salinas et al., Quantum 4:226, 2020), as one spec and one module.
+"""The data re-uploading circuit (Pérez-Salinas et al., Quantum 4:226, 2020) as a module with trainable angles.
 
 Per block ``b`` and qubit ``i``: ``Rot(x[i, 0], x[i, 1], x[i, 2])`` with the data angles (the same in
 every block: that is the re-uploading), then a trainable ``Rot(θ[b, i, :])``; between blocks an entangler
@@ -6,54 +6,25 @@ of CZ gates (``chain``: (i, i+1); ``ring``: the chain closed by (n-1, 0)); final
 qubit. Data angles are ``feature_scale * features``, features being the encoder's firing rates in [0, 1].
 
 :class:`ReuploadCircuit` owns the trainable angles and delegates execution to an engine. All engines
-read the same :class:`CircuitSpec` and the same ``weights`` tensor, so a ``state_dict`` moves freely
-between engines.
+read the same :class:`~sqdr.models.spec.CircuitSpec` and the same ``weights`` tensor, so a ``state_dict``
+moves freely between engines, and :meth:`ReuploadCircuit.with_engine` runs the same angles elsewhere.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Literal, Sequence
 
 import torch
 from torch import nn
 
+from sqdr.models.engines import make_engine
 from sqdr.models.noise import NoiseModel, NoiseSpec
+from sqdr.models.spec import CircuitSpec, EngineName, Entangler
 
-Entangler = Literal["chain", "ring"]
 Init = Literal["normal", "uniform"]
-EngineName = Literal["fused", "lightning", "default.qubit", "default.mixed"]
-
-
-@dataclass(frozen=True)
-class CircuitSpec:
-    """Everything that defines the circuit's function, independent of how it is simulated."""
-
-    n_qubits: int = 9
-    n_blocks: int = 2
-    entangler: Entangler = "chain"
-    noise: NoiseModel | None = None
-
-    def __post_init__(self) -> None:
-        if self.n_qubits < 1:
-            raise ValueError(f"n_qubits must be at least 1, got {self.n_qubits}.")
-        if self.n_blocks < 1:
-            raise ValueError(f"n_blocks must be at least 1, got {self.n_blocks}.")
-        if self.entangler not in ("chain", "ring"):
-            raise ValueError(f"Unknown entangler {self.entangler!r}; choose 'chain' or 'ring'.")
-
-    @property
-    def cz_pairs(self) -> list[tuple[int, int]]:
-        """The CZ gates of one entangler layer, in order."""
-        pairs = [(i, i + 1) for i in range(self.n_qubits - 1)]
-        if self.entangler == "ring" and self.n_qubits > 2:
-            pairs.append((self.n_qubits - 1, 0))
-        return pairs
-
-    @property
-    def n_features(self) -> int:
-        return 3 * self.n_qubits
 
 
 def init_weights(weights: torch.Tensor, init: Init, init_range: Sequence[float]) -> None:
@@ -86,8 +57,6 @@ class ReuploadCircuit(nn.Module):
         init_range: Sequence[float] = (0.0, 2 * math.pi),
     ) -> None:
         super().__init__()
-        from sqdr.models.engines import make_engine
-
         self.spec = CircuitSpec(n_qubits, n_blocks, entangler, NoiseModel.parse(noise))
         self.feature_scale = feature_scale
         self.weights = nn.Parameter(torch.empty(n_blocks, n_qubits, 3))
@@ -102,18 +71,16 @@ class ReuploadCircuit(nn.Module):
         angles = (self.feature_scale * features).reshape(-1, self.spec.n_qubits, 3)
         return self.engine(angles, self.weights.to(angles.dtype))
 
-    def set_engine(self, engine: EngineName, shots: int | None = None, noise: NoiseSpec | str = "keep") -> None:
-        """Swap the simulator (and optionally the noise model), keeping the trained angles.
+    def with_engine(self, engine: EngineName, *, noise: NoiseSpec | NoiseModel, shots: int | None = None) -> ReuploadCircuit:
+        """The same trained angles (shared, not copied) run by another engine and noise model; ``self`` is untouched.
 
-        Used to certify a model on PennyLane's devices and to evaluate a trained model under hardware noise.
+        Pass ``noise=circuit.spec.noise`` to keep the current noise model. Used to certify a model on PennyLane's
+        devices and to evaluate a trained model under hardware noise.
         """
-        from dataclasses import replace
-
-        from sqdr.models.engines import make_engine
-
-        if not (isinstance(noise, str) and noise == "keep"):
-            self.spec = replace(self.spec, noise=NoiseModel.parse(noise))
-        self.engine = make_engine(engine, self.spec, shots)
+        other = copy.copy(self)  # a shallow copy shares the parameter dict, so both train the same angles
+        other.spec = replace(self.spec, noise=NoiseModel.parse(noise))
+        other.engine = make_engine(engine, other.spec, shots)
+        return other
 
     def extra_repr(self) -> str:
         spec = self.spec

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Literal, Sequence
 
 import torch
 from torch import nn
 
-from sqdr.models.circuit import EngineName, Entangler, Init, ReuploadCircuit
+from sqdr.models.circuit import Init, ReuploadCircuit
 from sqdr.models.coding import SpikeCoder, SpikeCoding
-from sqdr.models.encoder import Neuron, SpikingEncoder, Surrogate
-from sqdr.models.noise import NoiseSpec
+from sqdr.models.encoder import REFERENCE_BN_MOMENTUM, Neuron, SpikingEncoder, Surrogate
+from sqdr.models.noise import NoiseModel, NoiseSpec
+from sqdr.models.spec import EngineName, Entangler
 
 Head = Literal["linear", "mlp", "none"]
 
@@ -72,6 +74,7 @@ class SQDRCNN(nn.Module):
         threshold: float = 1.0,
         surrogate: Surrogate = "atan",
         surrogate_slope: float = 2.0,
+        bn_momentum: float = REFERENCE_BN_MOMENTUM,
         entangler: Entangler = "chain",
         feature_scale: float = 1.0,
         init: Init = "normal",
@@ -89,7 +92,6 @@ class SQDRCNN(nn.Module):
             )
         self.in_channels = in_channels
         self.num_classes = num_classes
-        self.image_size = image_size
         self.coder = SpikeCoder(coding, time_steps)
         self.encoder = SpikingEncoder(
             in_channels=in_channels,
@@ -100,6 +102,7 @@ class SQDRCNN(nn.Module):
             threshold=threshold,
             surrogate=surrogate,
             surrogate_slope=surrogate_slope,
+            bn_momentum=bn_momentum,
         )
         self.circuit = ReuploadCircuit(
             n_qubits=n_qubits,
@@ -132,6 +135,17 @@ class SQDRCNN(nn.Module):
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """The circuit and the head: logits from encoder features."""
         return self.head(self.circuit(features))
+
+    def with_engine(self, engine: EngineName, *, noise: NoiseSpec | NoiseModel, shots: int | None = None) -> SQDRCNN:
+        """This model with its circuit run by another engine (and noise model); every parameter is shared.
+
+        ``self`` is never modified, so a model being trained can be certified or stress-tested alongside.
+        Pass ``noise=model.circuit.spec.noise`` to keep the current noise model.
+        """
+        other = copy.copy(self)
+        other._modules = dict(self._modules)  # its own child table, so replacing the circuit leaves self alone
+        other.circuit = self.circuit.with_engine(engine, noise=noise, shots=shots)
+        return other
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable parameters per part: ``encoder``, ``circuit``, ``head`` and ``total``."""

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from sqdr.models.circuit import CircuitSpec
 from sqdr.models.noise import NoiseModel
+from sqdr.models.spec import CircuitSpec
 
 PAULI_Z = ((1.0, 0.0), (0.0, -1.0))
 

@@ -1,0 +1,53 @@
+"""Where a run's metrics go: a CSV file always (``metrics.csv`` in the run directory), W&B when asked."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger
+
+
+def wandb_mode() -> str:
+    """``WANDB_MODE`` if set, else ``offline``: runs never need an account or a network, and
+    ``make wandb-sync`` uploads them later (set ``WANDB_MODE=online`` after ``wandb login`` to stream live)."""
+    return os.environ.get("WANDB_MODE") or "offline"
+
+
+class RunCSVLogger(CSVLogger):
+    """``CSVLogger`` that keeps a resumed run's history in its own ``metrics.csv``.
+
+    Lightning's CSV writer starts a fresh file. When a run resumes from a checkpoint taken at global step
+    ``resume_step``, the rows logged before that step are carried over and the rows after it (logged by the
+    interrupted attempt, and about to be logged again) are dropped, so the file has no duplicated rows.
+    """
+
+    def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._resume_step = resume_step
+
+    @property
+    def experiment(self):
+        if self._experiment is None:
+            history = self._history()  # read before the writer starts a fresh file
+            experiment = CSVLogger.experiment.fget(self)
+            for row in history:
+                step = int(float(row.pop("step")))
+                experiment.log_metrics({k: _number(v) for k, v in row.items() if v != ""}, step)
+            return experiment
+        return self._experiment
+
+    def _history(self) -> list[dict[str, str]]:
+        path = Path(self.log_dir) / "metrics.csv"
+        if self._resume_step is None or not path.is_file():
+            return []
+        with path.open(newline="") as file:
+            rows = list(csv.DictReader(file))
+        return [row for row in rows if int(float(row["step"])) < self._resume_step]
+
+
+def _number(text: str) -> int | float:
+    """A CSV cell as it was logged: ``epoch`` stays ``3``, not ``3.0``."""
+    return int(text) if text.lstrip("-").isdigit() else float(text)

@@ -1,0 +1,72 @@
+"""What defines the re-upload circuit's function, and which simulators can run it.
+
+This module sits below both :mod:`sqdr.models.circuit` (which owns the trainable angles) and
+:mod:`sqdr.models.engines` (which execute a spec), so neither imports the other's internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from sqdr.models.noise import NoiseModel
+
+Entangler = Literal["chain", "ring"]
+EngineName = Literal["fused", "lightning", "default.qubit", "default.mixed"]
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """How an engine simulates: its PennyLane device and differentiation method (None for ``fused``)."""
+
+    name: str
+    device: str | None
+    diff_method: str | None
+    noise: bool  # can it apply a noise model (density matrices)?
+
+
+#: Every engine, in the order they are listed to users. The single source of engine names.
+ENGINES: dict[str, EngineInfo] = {
+    "fused": EngineInfo("fused", None, None, noise=True),
+    "lightning": EngineInfo("lightning", "lightning.qubit", "adjoint", noise=False),
+    "default.qubit": EngineInfo("default.qubit", "default.qubit", "backprop", noise=False),
+    "default.mixed": EngineInfo("default.mixed", "default.mixed", "backprop", noise=True),
+}
+assert tuple(ENGINES) == get_args(EngineName)
+
+
+def engine_info(name: str) -> EngineInfo:
+    """The :class:`EngineInfo` of ``name``, or a ``ValueError`` listing the known engines."""
+    if name not in ENGINES:
+        raise ValueError(f"Unknown engine {name!r}; choose one of {list(ENGINES)}.")
+    return ENGINES[name]
+
+
+@dataclass(frozen=True)
+class CircuitSpec:
+    """Everything that defines the circuit's function, independent of how it is simulated."""
+
+    n_qubits: int = 9
+    n_blocks: int = 2
+    entangler: Entangler = "chain"
+    noise: NoiseModel | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_qubits < 1:
+            raise ValueError(f"n_qubits must be at least 1, got {self.n_qubits}.")
+        if self.n_blocks < 1:
+            raise ValueError(f"n_blocks must be at least 1, got {self.n_blocks}.")
+        if self.entangler not in get_args(Entangler):
+            raise ValueError(f"Unknown entangler {self.entangler!r}; choose 'chain' or 'ring'.")
+
+    @property
+    def cz_pairs(self) -> list[tuple[int, int]]:
+        """The CZ gates of one entangler layer, in order."""
+        pairs = [(i, i + 1) for i in range(self.n_qubits - 1)]
+        if self.entangler == "ring" and self.n_qubits > 2:
+            pairs.append((self.n_qubits - 1, 0))
+        return pairs
+
+    @property
+    def n_features(self) -> int:
+        return 3 * self.n_qubits
