@@ -22,31 +22,10 @@ from lightning.pytorch.loggers import Logger
 from sqdr.callbacks import default_callbacks
 from sqdr.data import ImageDataModule
 from sqdr.errors import UserError
-from sqdr.models import SQDRCNN
 from sqdr.loggers import RunCSVLogger, wandb_mode
+from sqdr.models import SQDRCNN
 from sqdr.module import SQDRModule
-
-# TODO-INTEGRATE
-def resumable_checkpoint(experiment_dir: Path) -> Path | None:
-    versions = sorted(
-        (p for p in experiment_dir.glob("version_*") if p.name.removeprefix("version_").isdigit()),
-        key=lambda p: int(p.name.removeprefix("version_")),
-    )
-    for version in reversed(versions):
-        if (version / "checkpoints" / "last.ckpt").is_file():
-            return version / "checkpoints" / "last.ckpt"
-    return None
-
-
-def load_checkpoint(path: Path) -> dict:
-    import torch
-
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; pass a .ckpt file written by `sqdr fit`.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        raise UserError(f"{path} is not a checkpoint written by `sqdr fit`; pass one from runs/*/version_*/checkpoints/.") from None
+from sqdr.runs import read_checkpoint, resumable_checkpoint, run_dir_of
 
 #: Option values of earlier releases, and what replaced them.
 RENAMED_OPTIONS = {
@@ -103,7 +82,7 @@ class SQDRCLI(LightningCLI):
                     "run `sqdr fit` without --ckpt_path first, or pass a checkpoint file."
                 )
             config.ckpt_path = ckpt_path = str(found)
-        checkpoint = load_checkpoint(Path(ckpt_path))
+        checkpoint = read_checkpoint(ckpt_path)
         self._check_conflicts(checkpoint.get("hyper_parameters", {}), ckpt_path)
         self._resume = (Path(ckpt_path), int(checkpoint.get("global_step", 0)))
 
@@ -148,7 +127,7 @@ class SQDRCLI(LightningCLI):
         resume = getattr(self, "_resume", None)
         version, resume_step = None, None
         if resume is not None and self.config.get("subcommand") == "fit":
-            run_dir = resume[0].parent.parent
+            run_dir = run_dir_of(resume[0])
             if run_dir.parent == Path(config.runs_dir) / config.experiment:
                 version, resume_step = run_dir.name.removeprefix("version_"), resume[1]
                 version = int(version) if version.isdigit() else version
@@ -249,8 +228,9 @@ def quiet_libraries() -> None:
     """Silence messages a user cannot act on; called when the CLI starts, never at import time."""
     for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropNoise())
-    # Under LightningCLI `net` is saved as its config (and reloaded from it); Lightning still warns on reload.
-    warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
+    # A resumed run continues in its own directory on purpose.
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # The dispatcher hands LightningCLI the arguments explicitly; that is intended.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")

@@ -37,6 +37,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], Any], *, binary: b
     try:
         with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"newline": ""})) as file:
             write(file)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes owner-only files; results are for everyone
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -53,3 +54,9 @@ def write_figure(figure: Any, path: str | Path, **savefig_kwargs: Any) -> Path:
     """``figure.savefig(path)`` (a matplotlib ``Figure``), atomically; the format comes from ``path``'s suffix."""
     fmt = Path(path).suffix.lstrip(".") or "png"
     return atomic_write(path, lambda file: figure.savefig(file, format=fmt, **savefig_kwargs), binary=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
@@ -14,7 +15,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from sqdr.certify import CertifyEngine, Certification
+from sqdr.certify import Certification, CertifyEngine
 from sqdr.models import SQDRCNN
 
 RECORDED_PACKAGES = ("sqdr", "torch", "lightning", "snntorch", "pennylane", "pennylane_lightning", "torchmetrics")
@@ -83,7 +84,10 @@ class SQDRModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.certification = Certification(certify_engine, certify_samples, net.circuit.spec.noise)
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])  # callables: LightningCLI saves their config
+        with warnings.catch_warnings():
+            # Under LightningCLI `net` is saved as its config and rebuilt from it; Lightning still warns on reload.
+            warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
+            self.save_hyperparameters(ignore=["optimizer", "scheduler"])  # callables: LightningCLI saves their config
         self.net = net
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -94,6 +98,7 @@ class SQDRModule(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run keeps its best accuracy so far
         self._resumed_rng: dict[str, Any] | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -123,7 +128,8 @@ class SQDRModule(L.LightningModule):
         summary = self.run_summary()
         for logger in self.loggers:
             logger.log_hyperparams(summary)
-            logger.log_metrics({f"params/{k}": v for k, v in summary["params"].items()}, step=0)
+            if self.trainer.ckpt_path is None:  # a resumed run has this row already
+                logger.log_metrics({f"params/{k}": v for k, v in summary["params"].items()}, step=0)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Random states too: a resumed run then draws the same shuffles, spikes and flips as an uninterrupted one."""

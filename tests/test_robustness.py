@@ -7,7 +7,9 @@ import csv
 import io
 import json
 import re
+import shlex
 import sys
+from dataclasses import fields
 from pathlib import Path
 from unittest import mock
 
@@ -16,11 +18,15 @@ import torch
 import yaml
 from torchmetrics.classification import MulticlassAccuracy
 
+from sqdr import SQDRCNN
+from sqdr.__main__ import main as sqdr
 from sqdr.cli import make_cli
 from sqdr.data import SyntheticDataModule
 from sqdr.models.noise import CHANNEL_ORDER
 from sqdr.module import SQDRModule
-from sqdr.robustness import build_parser, find_checkpoint, main, parse_args
+from sqdr.robustness import NoiseOptions, main
+from sqdr.robustness.command import parse_options
+from sqdr.robustness.study import encode, evaluate, grid_points
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,8 +55,7 @@ def study(experiment: Path) -> dict:
     """One ``sqdr noise`` run over every channel at LEVELS plus the paper preset; its outputs and printout."""
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        main(["--ckpt", str(experiment), "--levels", ",".join(map(str, LEVELS)), "--preset", "paper",
-              "--batch-size", "32"])
+        main(["--ckpt", str(experiment), "--levels", str(LEVELS), "--preset", "paper", "--batch_size", "32"])
     out = experiment / "version_0" / "noise"
     with (out / "noise.csv").open() as file:
         rows = list(csv.DictReader(file))
@@ -127,7 +132,7 @@ def test_grid_file_sets_defaults_and_the_command_line_overrides_it(experiment, t
     grid.write_text(yaml.safe_dump({"channels": ["phase_damping", "bit_flip"], "levels": [0, 1], "shots": 200}))
     out = tmp_path / "out"
     with contextlib.redirect_stdout(io.StringIO()):
-        main(["--ckpt", str(experiment), "--config", str(grid), "--levels", "0.3", "--test-size", "16",
+        main(["--ckpt", str(experiment), "--config", str(grid), "--levels", "[0.3]", "--test_size", "16",
               "--out", str(out)])
     with (out / "noise.csv").open() as file:
         rows = list(csv.DictReader(file))
@@ -137,38 +142,8 @@ def test_grid_file_sets_defaults_and_the_command_line_overrides_it(experiment, t
 
 @pytest.mark.parametrize("name", ["grid.yaml", "wide.yaml"])
 def test_shipped_grid_files_parse(name):
-    args = parse_args(build_parser(), ["--ckpt", "unused", "--config", str(ROOT / "conf/noise" / name)])
-    assert args.channels == list(CHANNEL_ORDER) and args.levels[0] == 0.0 and args.levels[-1] <= 1.0
-
-
-def test_checkpoint_resolution_prefers_newest_version_then_best_then_last(tmp_path):
-    experiment = tmp_path / "quickstart"
-    for version, names in {0: ["best-epoch=3.ckpt", "last.ckpt"], 2: ["last.ckpt"], 10: []}.items():
-        (experiment / f"version_{version}" / "checkpoints").mkdir(parents=True)
-        for name in names:
-            (experiment / f"version_{version}" / "checkpoints" / name).touch()
-    # version_10 has no checkpoint yet (a run in progress): the newest finished one is version_2
-    assert find_checkpoint(experiment) == experiment / "version_2" / "checkpoints" / "last.ckpt"
-    assert find_checkpoint(experiment / "version_0") == experiment / "version_0" / "checkpoints" / "best-epoch=3.ckpt"
-
-
-@pytest.mark.parametrize("bad_args, message", [
-    (["--ckpt", "{tmp}/nowhere.ckpt"], "does not exist; pass a .ckpt file"),
-    (["--ckpt", "{tmp}/empty_run"], "has no checkpoints/*.ckpt; train it with `sqdr fit`"),
-    (["--ckpt", "{ckpt}", "--channels", "depolarizing,bitflip"], "unknown noise channel(s) bitflip; use --channels"),
-    (["--ckpt", "{ckpt}", "--levels", "0,1.5"], "noise level(s) 1.5 outside [0, 1]"),
-    (["--ckpt", "{ckpt}", "--levels", "0,high"], "--levels must be comma-separated numbers"),
-    (["--ckpt", "{ckpt}", "--config", "{tmp}/missing.yaml"], "does not exist; pass a YAML file"),
-])
-def test_bad_input_is_one_clear_sentence_with_exit_code_2(bad_args, message, experiment, tmp_path, capsys):
-    (tmp_path / "empty_run" / "checkpoints").mkdir(parents=True)
-    args = [a.format(tmp=tmp_path, ckpt=experiment / "version_0") for a in bad_args]
-    with pytest.raises(SystemExit) as exit_info:
-        main([*args, "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2
-    assert message in err and "Traceback" not in err
-    assert not (tmp_path / "out").exists()
+    options = parse_options(["--ckpt", "unused", "--config", str(ROOT / "conf/noise" / name)])
+    assert options.channels == list(CHANNEL_ORDER) and options.levels[0] == 0.0 and options.levels[-1] <= 1.0
 
 
 def test_wandb_logs_one_offline_run_with_the_metrics(experiment, tmp_path, monkeypatch):
@@ -176,10 +151,102 @@ def test_wandb_logs_one_offline_run_with_the_metrics(experiment, tmp_path, monke
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     with contextlib.redirect_stdout(io.StringIO()):
-        main(["--ckpt", str(experiment), "--channels", "depolarizing", "--levels", "0,0.1", "--test-size", "16",
+        main(["--ckpt", str(experiment), "--channels", "[depolarizing]", "--levels", "[0, 0.1]", "--test_size", "16",
               "--out", str(tmp_path / "out"), "--logger", "wandb"])
     (run_dir,) = tmp_path.glob("wandb/offline-run-*")
     (log,) = run_dir.glob("run-*.wandb")
     records = log.read_bytes()  # protobuf records: the logged keys and the group appear verbatim
     assert b"test/acc@depolarizing=0.1" in records and b"quickstart/noise" in records
     assert list(run_dir.glob("files/media/table/**/*.table.json")) and list(run_dir.glob("files/media/images/**/*.png"))
+
+
+def test_the_model_studied_is_left_exactly_as_it_was():
+    torch.manual_seed(0)
+    net = SQDRCNN(num_classes=N_CLASSES, image_size=8, time_steps=2, n_qubits=3, noise={"depolarizing": 0.05}).eval()
+    engine, spec = net.circuit.engine, net.circuit.spec
+    before = {name: value.clone() for name, value in net.state_dict().items()}
+    images, labels = torch.rand(8, 1, 8, 8), torch.arange(8) % N_CLASSES
+    logits = net(images)
+
+    batches = encode(net, [(images, labels)])
+    results = evaluate(net, batches, grid_points(["bit_flip", "amplitude_damping"], [0.0, 0.5], "paper"), 100, 0)
+
+    assert len(results) == 1 + 2 * 2 + 1
+    assert net.circuit.engine is engine and net.circuit.spec == spec and spec.noise.depolarizing == 0.05
+    assert set(net.state_dict()) == set(before)
+    assert all(torch.equal(value, before[name]) for name, value in net.state_dict().items())
+    assert not net.training and torch.equal(net(images), logits)
+
+
+@pytest.mark.parametrize("bad_args, message", [
+    (["--ckpt", "{tmp}/nowhere.ckpt"], "does not exist; pass a .ckpt file"),
+    (["--ckpt", "{tmp}/empty_run"], "has no checkpoints/*.ckpt; train it with `sqdr fit`"),
+    (["--ckpt", "{tmp}/foreign.ckpt"], "foreign.ckpt cannot be read"),
+    (["--ckpt", "{tmp}/other_run/model.ckpt"], "model.ckpt is a Lightning checkpoint but not of an SQDR-CNN"),
+    (["--ckpt", "{ckpt}", "--channels", "[depolarizing, bitflip]"], 'Parser key "channels"'),
+    (["--ckpt", "{ckpt}", "--levels", "[0, 1.5]"], "1.5 does not conform to restriction v>=0 and v<=1"),
+    (["--ckpt", "{ckpt}", "--levels", "[0, high]"], "Not of type ClosedUnitInterval"),
+    (["--ckpt", "{ckpt}", "--levels", "[]"], "--levels is empty"),
+    (["--ckpt", "{ckpt}", "--shots", "0"], "Not of type PositiveInt"),
+    (["--ckpt", "{ckpt}", "--config", "{tmp}/missing.yaml"], "File does not exist"),
+])
+def test_bad_input_is_one_clear_message_with_exit_code_2(bad_args, message, experiment, tmp_path, capsys):
+    (tmp_path / "empty_run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "foreign.ckpt").write_text("not a checkpoint\n")
+    (tmp_path / "other_run").mkdir()
+    (tmp_path / "other_run" / "config.yaml").write_bytes((experiment / "version_0" / "config.yaml").read_bytes())
+    torch.save({"pytorch-lightning_version": "2.6.0", "state_dict": {"w": torch.zeros(1)}, "hyper_parameters": {}},
+               tmp_path / "other_run" / "model.ckpt")
+    args = [a.format(tmp=tmp_path, ckpt=experiment / "version_0") for a in bad_args]
+    with pytest.raises(SystemExit) as exit_info:
+        sqdr(["noise", *args, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert message in err and "Traceback" not in err and "weights_only" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_output_folder_fails_before_any_evaluation(experiment, tmp_path, capsys):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the output folder should go\n")
+    with mock.patch("sqdr.robustness.command.encode", side_effect=AssertionError("evaluated")) as encoded, \
+            pytest.raises(SystemExit) as exit_info:
+        sqdr(["noise", "--ckpt", str(experiment), "--out", str(blocker / "noise")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and not encoded.called
+    assert f"cannot write to {blocker / 'noise'}" in err and "Traceback" not in err
+    assert blocker.read_text() == "a file where the output folder should go\n" and list(tmp_path.iterdir()) == [blocker]
+
+
+def test_a_failing_study_leaves_earlier_outputs_as_they_were(experiment, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {name: f"earlier {name}\n" for name in ("noise.csv", "noise.png", "metrics.json")}
+    for name, text in earlier.items():
+        (out / name).write_text(text)
+    with mock.patch("sqdr.robustness.outputs.plot", side_effect=RuntimeError("renderer crashed")), \
+            pytest.raises(RuntimeError, match="renderer crashed"), contextlib.redirect_stdout(io.StringIO()):
+        main(["--ckpt", str(experiment), "--channels", "[depolarizing]", "--levels", "[0.1]", "--test_size", "8",
+              "--out", str(out)])
+    assert {path.name: path.read_text() for path in out.iterdir()} == earlier  # and no temporary files left
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sqdr(["noise", "--help"])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert exit_info.value.code == 0
+    documented = re.findall(r"^        (\w+): ", NoiseOptions.__doc__, re.MULTILINE)
+    assert documented == [field.name for field in fields(NoiseOptions)]
+    for option in [*documented, "config"]:
+        assert f"--{option} " in printed
+    assert "A YAML file of options" in printed and "Measurement shots per expectation value" in printed
+
+
+def test_every_noise_command_in_the_readme_parses_as_written():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### Robustness of a trained model"):readme.index("## Sweeps")]
+    commands = [shlex.split(line.split("#")[0])[2:] for line in section.splitlines() if line.startswith("sqdr noise ")]
+    assert len(commands) >= 3
+    for argv in commands:
+        assert isinstance(parse_options(argv), NoiseOptions)

@@ -12,7 +12,7 @@ from typing import Literal
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
 from sqdr.errors import UserError
@@ -135,7 +135,7 @@ class ImageDataModule(L.LightningDataModule):
             n_val = max(1, round(h.val_fraction * len(pool))) if h.val_fraction > 0 else 0
             self.data_val = self._split(base, pool[:n_val], train=False)
             self.data_train = self._split(base, pool[n_val:][: h.train_size], train=True)
-        if stage in (None, "test") and self.data_test is None:
+        if stage in (None, "test", "predict") and self.data_test is None:
             base, targets = self._load(train=False)
             pool = self._kept_indices(targets)
             if h.test_size is not None:
@@ -166,23 +166,34 @@ class ImageDataModule(L.LightningDataModule):
         return v2.Compose(steps) if steps else v2.Identity()
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.data_train, shuffle=True)
+        """Shuffled by a permutation that depends only on the run's seed and the epoch (Lightning calls the
+        sampler's ``set_epoch``), not on the global random state: a resumed run sees the same batches as an
+        uninterrupted one. ``DistributedSampler`` with a single replica is exactly that sampler."""
+        sampler = DistributedSampler(self.data_train, num_replicas=1, rank=0, shuffle=True, seed=torch.initial_seed())
+        return self._loader(self.data_train, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.data_val, shuffle=False)
+        return self._loader(self.data_val)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.data_test, shuffle=False)
+        return self._loader(self.data_test)
 
-    def _loader(self, dataset: SplitDataset | None, shuffle: bool) -> DataLoader:
+    def predict_dataloader(self) -> DataLoader:
+        """``sqdr predict`` scores the test split (labels are kept beside the predictions for comparison)."""
+        return self._loader(self.data_test)
+
+    def _loader(self, dataset: SplitDataset | None, sampler: DistributedSampler | None = None) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not built this split yet.")
         h = self.hparams
         return DataLoader(
             dataset,
             batch_size=h.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=h.num_workers,
             pin_memory=h.pin_memory,
             persistent_workers=h.num_workers > 0,
+            # Its own generator: starting an epoch then draws no number from the global random state, which
+            # the model's random steps (rate coding, flips, shots) use and checkpoints restore.
+            generator=torch.Generator().manual_seed(h.seed),
         )
