@@ -15,6 +15,7 @@ $(BIN)/sqdr: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/sqdr fit --help > /dev/null  # renders the help text once, so `sqdr fit --help` answers at once
 	touch $@
 
 install: $(BIN)/sqdr ## create .venv/ and install sqdr with its test tools
@@ -32,9 +33,9 @@ noise: install ## accuracy of the newest quickstart run under hardware noise (CS
 	@test -d runs/quickstart || $(MAKE) train
 	$(BIN)/sqdr noise --ckpt runs/quickstart --preset paper $(ARGS)
 
-sweep: install ## Optuna study (STUDY=..., WORKERS=N), then its Pareto table and plot
+sweep: install ## Optuna study (STUDY=..., WORKERS=N), then its report in runs/<study>/report/
 	$(BIN)/sqdr sweep $(STUDY) --workers $(WORKERS) $(ARGS)
-	$(BIN)/sqdr sweep $(STUDY) --summary
+	$(BIN)/sqdr report $(STUDY)
 
 bench: install ## engine throughput, side by side in one run
 	$(BIN)/sqdr bench $(ARGS)
@@ -44,3 +45,18 @@ wandb-sync: install ## upload offline W&B runs (needs `wandb login` and network)
 
 clean: ## remove the virtual environment and caches (runs/ and results/ are kept)
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# Container image: `docker build` where a Docker engine answers; elsewhere (no engine, no registry access)
+# buildah through scripts/build-image.sh, which explains the differences.
+SMOKE_DIR ?= /tmp/sqdr-smoke
+.PHONY: image image-smoke
+
+image: ## build the container image `sqdr` (Docker, or buildah via scripts/build-image.sh without an engine)
+	@if docker info >/dev/null 2>&1; then docker build -t sqdr .; else scripts/build-image.sh build; fi
+
+image-smoke: ## inside the image: `sqdr --help` and a one-epoch quickstart fit; runs/ and results/ in SMOKE_DIR
+	@if docker info >/dev/null 2>&1; then \
+	    mkdir -p $(SMOKE_DIR)/runs $(SMOKE_DIR)/results && \
+	    docker run --rm -v $(SMOKE_DIR)/runs:/app/runs -v $(SMOKE_DIR)/results:/app/results sqdr sh -c \
+	        'sqdr --help && sqdr fit --config conf/experiments/quickstart.yaml --trainer.max_epochs 1'; \
+	else scripts/build-image.sh smoke $(SMOKE_DIR); fi

@@ -11,19 +11,25 @@ from collections.abc import Callable
 
 from sqdr.errors import UserError, exit_with
 
-USAGE = """usage: sqdr {fit,validate,test,predict,sweep,noise,report,bench} ...
+USAGE = """usage: sqdr {fit,validate,test,predict,sweep,noise,report,bench,reproduce} ...
 
   fit|validate|test|predict   train and evaluate SQDR-CNN (LightningCLI; `sqdr fit --help`)
   sweep STUDY.yaml            Optuna hyperparameter study (`sqdr sweep --help`)
   noise                       accuracy of a trained checkpoint under hardware noise (`sqdr noise --help`)
   report                      tables and figures from studies and runs (`sqdr report --help`)
   bench                       throughput of training, inference and the engines, in one run (`sqdr bench --help`)
+  reproduce                   the paper's evaluation with baselines and ablations, resumable (`sqdr reproduce --help`)
 
 Set SQDR_DEBUG=1 to see the traceback behind an error message.
 """
 
 
 def _lightning(argv: list[str]) -> None:
+    from sqdr.cli_help import is_plain_help, show_help
+
+    if is_plain_help(argv):
+        show_help(argv[0])
+        return
     from sqdr.cli import main
 
     main(argv)
@@ -53,6 +59,12 @@ def _bench(argv: list[str]) -> None:
     main(argv)
 
 
+def _reproduce(argv: list[str]) -> None:
+    from sqdr.reproduce import main
+
+    main(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "fit": _lightning,
     "validate": _lightning,
@@ -62,6 +74,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "noise": _noise,
     "report": _report,
     "bench": _bench,
+    "reproduce": _reproduce,
 }
 
 

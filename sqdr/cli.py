@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import Logger
 from sqdr.callbacks import default_callbacks
 from sqdr.data import ImageDataModule
 from sqdr.errors import UserError
+from sqdr.files import check_writable
 from sqdr.loggers import RunCSVLogger, wandb_mode
 from sqdr.models import SQDRCNN
 from sqdr.module import SQDRModule
@@ -131,6 +132,7 @@ class SQDRCLI(LightningCLI):
             if run_dir.parent == Path(config.runs_dir) / config.experiment:
                 version, resume_step = run_dir.name.removeprefix("version_"), resume[1]
                 version = int(version) if version.isdigit() else version
+        check_writable(config.runs_dir)
         loggers: list[Logger] = [
             RunCSVLogger(save_dir=config.runs_dir, name=config.experiment, version=version, resume_step=resume_step)
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from importlib.metadata import PackageNotFoundError, version
@@ -17,6 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from sqdr.certify import Certification, CertifyEngine
 from sqdr.models import SQDRCNN
+from sqdr.runs import find_checkpoint, read_checkpoint
 
 RECORDED_PACKAGES = ("sqdr", "torch", "lightning", "snntorch", "pennylane", "pennylane_lightning", "torchmetrics")
 
@@ -69,6 +71,13 @@ class SQDRModule(L.LightningModule):
             ``lightning`` (or ``default.mixed`` for a noisy model); ``none`` turns certification off.
         certify_samples: how many test samples to certify (the first N, or ``all``); ``auto`` takes 128 on a
             state-vector engine and 8 on ``default.mixed``, which needs seconds per sample at 9 qubits.
+            A network without a quantum circuit (``quantum: false``, the classical baselines) is not certified.
+        freeze_encoder: keep the encoder's weights and batch-norm statistics fixed and train only what follows
+            it: the two-stage training of earlier spiking-quantum networks (SQNN), where the circuit learns on
+            the features of a pretrained encoder. Frozen parameters are not counted in ``params/*``.
+        encoder_from: a checkpoint (.ckpt, run directory or experiment directory) whose ``net.encoder`` weights
+            initialise this encoder when a new fit starts (a resumed fit keeps its own), e.g. the run of the
+            same spiking encoder trained with a classical layer.
     """
 
     def __init__(
@@ -81,9 +90,15 @@ class SQDRModule(L.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         certify_engine: CertifyEngine = "auto",
         certify_samples: int | Literal["auto", "all"] = "auto",
+        freeze_encoder: bool = False,
+        encoder_from: str | None = None,
     ) -> None:
         super().__init__()
-        self.certification = Certification(certify_engine, certify_samples, net.circuit.spec.noise)
+        circuit = net.quantum_circuit
+        if circuit is None:
+            self.certification = Certification("none", certify_samples, None)
+        else:
+            self.certification = Certification(certify_engine, certify_samples, circuit.spec.noise)
         with warnings.catch_warnings():
             # Under LightningCLI `net` is saved as its config and rebuilt from it; Lightning still warns on reload.
             warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
@@ -100,6 +115,8 @@ class SQDRModule(L.LightningModule):
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run keeps its best accuracy so far
         self._resumed_rng: dict[str, Any] | None = None
+        if freeze_encoder:
+            net.encoder.requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -116,15 +133,39 @@ class SQDRModule(L.LightningModule):
     # -- bookkeeping -------------------------------------------------------------------------------
     def run_summary(self) -> dict[str, Any]:
         """What every run records beside its metrics: engine, noise, parameter counts and versions."""
-        circuit = self.net.circuit
+        circuit = self.net.quantum_circuit
+        noise = circuit.spec.noise if circuit is not None else None
         return {
-            "engine": circuit.engine.name,
-            "noise": circuit.spec.noise.to_dict() if circuit.spec.noise else None,
+            "engine": circuit.engine.name if circuit is not None else None,
+            "noise": noise.to_dict() if noise else None,
             "params": self.net.parameter_counts(),
             "versions": package_versions(),
         }
 
+    def train(self, mode: bool = True) -> SQDRModule:
+        """A frozen encoder stays in evaluation mode, so its batch-norm statistics stay those it was trained with."""
+        super().train(mode)
+        if self.hparams.freeze_encoder:
+            self.net.encoder.eval()
+        return self
+
+    def load_encoder(self, source: str) -> None:
+        """Copy the ``net.encoder`` weights of the checkpoint ``source`` points to into this encoder."""
+        checkpoint = find_checkpoint(source)
+        prefix = "net.encoder."
+        weights = read_checkpoint(checkpoint)["state_dict"]
+        state = {key.removeprefix(prefix): value for key, value in weights.items() if key.startswith(prefix)}
+        try:
+            self.net.encoder.load_state_dict(state)
+        except RuntimeError as error:
+            raise ValueError(
+                f"encoder_from={source!r}: the encoder in {checkpoint} does not fit this model's encoder "
+                f"(give both the same encoder options): {str(error).splitlines()[0]}"
+            ) from None
+
     def on_fit_start(self) -> None:
+        if self.hparams.encoder_from and self.trainer.ckpt_path is None:
+            self.load_encoder(self.hparams.encoder_from)
         summary = self.run_summary()
         for logger in self.loggers:
             logger.log_hyperparams(summary)
@@ -192,9 +233,10 @@ class SQDRModule(L.LightningModule):
     # -- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
-        circuit_params = list(self.net.circuit.parameters())
+        circuit = self.net.quantum_circuit
+        circuit_params = [p for p in circuit.parameters() if p.requires_grad] if circuit is not None else []
         circuit_ids = {id(p) for p in circuit_params}
-        classical = [p for p in self.parameters() if id(p) not in circuit_ids]
+        classical = [p for p in self.parameters() if p.requires_grad and id(p) not in circuit_ids]
         optimizer = self.optimizer(
             [
                 {"params": classical, "lr": hp.lr, "weight_decay": hp.weight_decay},

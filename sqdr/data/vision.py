@@ -7,9 +7,7 @@ filled by plain torchvision works here and the other way round. Offline, missing
 
 from __future__ import annotations
 
-import gzip
-import os
-import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.error import URLError
@@ -18,9 +16,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
-from torchvision.datasets.utils import check_integrity
+from torchvision.datasets.utils import check_integrity, extract_archive
 
 from sqdr.data.base import DatasetNotFoundError, ImageDataModule
+from sqdr.errors import UserError
+
+#: What torchvision raises on a damaged IDX file (bad magic number, wrong size) or a damaged pickle batch.
+DAMAGED_FILE_ERRORS = (AssertionError, RuntimeError, ValueError, EOFError, OSError)
 
 #: Where Debian's ``dataset-fashion-mnist`` package puts the gzipped IDX files.
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -74,7 +76,14 @@ class TorchvisionDataModule(ImageDataModule):
         super().setup(stage)
 
     def _load(self, train: bool) -> tuple[Dataset, Tensor]:
-        dataset = self.dataset_class(self.hparams.root, train=train, transform=transforms.ToTensor())
+        try:
+            dataset = self.dataset_class(self.hparams.root, train=train, transform=transforms.ToTensor())
+        except DAMAGED_FILE_ERRORS as error:
+            raise UserError(
+                f"{self.dataset_class.__name__} files in {self.folder} are damaged ({error or type(error).__name__}); "
+                f"delete them and fetch them again: run once with network access and download=True, or "
+                f"{self._how_to_get()}."
+            ) from None
         return dataset, torch.as_tensor(dataset.targets)
 
     def _not_found(self, reason: str) -> DatasetNotFoundError:
@@ -173,9 +182,14 @@ class CIFAR10DataModule(TorchvisionDataModule):
 
 
 def _gunzip(archive: Path, target: Path) -> None:
-    """Decompress under a temporary, per-process name first, so an interrupted (or concurrent) run never leaves a
-    truncated file behind."""
-    partial = target.with_name(f"{target.name}.{os.getpid()}.part")
-    with gzip.open(archive, "rb") as source, partial.open("wb") as sink:
-        shutil.copyfileobj(source, sink, 1 << 20)
-    partial.replace(target)
+    """Decompress with torchvision's own code under a temporary, per-process name first, so an interrupted (or
+    concurrent) run never leaves a truncated file behind; a damaged archive is one clear error."""
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as partial:
+        try:
+            unpacked = Path(extract_archive(str(archive), partial))
+        except (EOFError, OSError) as error:
+            raise UserError(
+                f"{archive} is damaged ({error}); delete it and copy or download it again "
+                "(for Debian's Fashion-MNIST: `apt-get install --reinstall dataset-fashion-mnist`)."
+            ) from None
+        (unpacked / archive.stem if unpacked.is_dir() else unpacked).replace(target)

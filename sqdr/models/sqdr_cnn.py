@@ -49,11 +49,58 @@ class ExpectationLogits(nn.Module):
         return expectations[:, : self.num_classes]
 
 
+class ClassicalLayer(nn.Module):
+    """``Linear(3n -> n)`` and ``tanh`` in place of the circuit: a classical layer of comparable size.
+
+    It reads the same ``3 * n_qubits`` encoder features and, like ``<Z_i>``, emits ``n_qubits`` values in
+    [-1, 1], so the head and the parameter split (encoder / circuit / head) stay as they are and a comparison
+    with the circuit measures what the circuit itself contributes.
+    """
+
+    def __init__(self, n_qubits: int) -> None:
+        super().__init__()
+        self.layer = nn.Linear(3 * n_qubits, n_qubits)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.layer(features))
+
+
 class SQDRCNN(nn.Module):
     """The hybrid spiking-quantum classifier; ``model(images)`` maps ``(B, C, H, W)`` in [0, 1] to logits.
 
     Built from plain values only, so configs, ``save_hyperparameters`` and checkpoints stay simple. The
     defaults are the paper's model on MNIST: 803 trainable parameters.
+
+    Args:
+        in_channels: image channels (set from the data module by ``sqdr fit``).
+        num_classes: output classes (set from the data module by ``sqdr fit``).
+        image_size: image side length, checked against the pooling stages (set from the data module).
+        time_steps: spike-coding time steps T (the paper: 10).
+        n_qubits: qubits of the re-upload circuit; the encoder emits 3 angles per qubit.
+        n_blocks: re-upload blocks (data rotation, trainable rotation, entangler between blocks).
+        engine: circuit simulator: ``fused`` (fast, exact), ``lightning`` (PennyLane adjoint),
+            ``default.qubit``, ``default.mixed`` (PennyLane's noisy reference).
+        noise: hardware noise: ``paper``, or a dict such as ``{depolarizing: 0.05}`` (channels: bit_flip,
+            phase_flip, depolarizing, amplitude_damping (a probability or ``feature``), phase_damping).
+        shots: measurement samples per expectation (null: exact expectations).
+        coding: spike coding of the pixels: ``phase`` (the paper's weighted phase coding), ``rate``, ``direct``.
+        encoder_channels: widths of the convolution stages (default: 2C, 4C, 8C).
+        neuron: ``if`` (integrate-and-fire, the paper) or ``leaky`` (with ``beta``).
+        beta: membrane decay of leaky neurons.
+        threshold: firing threshold of every neuron.
+        surrogate: surrogate gradient of the spike: atan, fast_sigmoid, sigmoid, triangular, straight_through.
+        surrogate_slope: steepness of the surrogate gradient.
+        bn_momentum: BatchNorm momentum of the encoder (the reference uses sqrt(0.1)).
+        entangler: CZ pattern between blocks: ``chain`` (i, i+1) or ``ring`` (the chain closed).
+        feature_scale: data angles are ``feature_scale * firing rate``.
+        init: initialisation of the trainable angles: ``normal`` (truncated N(0, 1)) or ``uniform``.
+        init_range: the interval of the angle initialisation.
+        head: what follows the circuit: ``linear``, ``mlp`` or ``none`` (the first ``num_classes`` <Z_i>).
+        head_hidden: hidden width of the ``mlp`` head.
+        head_relu: a ReLU after the head, as in the reference implementation.
+        quantum: ``False`` puts a :class:`ClassicalLayer` (``Linear(3n -> n)`` + ``tanh``) where the circuit
+            was: the classical baseline with the same spiking encoder and head. The circuit's options
+            (``n_blocks``, ``engine``, ``entangler``, ``feature_scale``, ``init``) then do not apply.
     """
 
     def __init__(
@@ -82,8 +129,11 @@ class SQDRCNN(nn.Module):
         head: Head = "linear",
         head_hidden: int = 32,
         head_relu: bool = False,
+        quantum: bool = True,
     ) -> None:
         super().__init__()
+        if not quantum and (noise is not None or shots is not None):
+            raise ValueError("noise and shots are options of the quantum circuit; drop them or set quantum=True.")
         stages = len(encoder_channels) if encoder_channels is not None else 3
         if image_size < 2**stages:
             raise ValueError(
@@ -104,7 +154,7 @@ class SQDRCNN(nn.Module):
             surrogate_slope=surrogate_slope,
             bn_momentum=bn_momentum,
         )
-        self.circuit = ReuploadCircuit(
+        self.circuit: nn.Module = ReuploadCircuit(
             n_qubits=n_qubits,
             n_blocks=n_blocks,
             entangler=entangler,
@@ -114,7 +164,7 @@ class SQDRCNN(nn.Module):
             feature_scale=feature_scale,
             init=init,
             init_range=init_range,
-        )
+        ) if quantum else ClassicalLayer(n_qubits)
         self.head = make_head(head, n_qubits, num_classes, head_hidden, head_relu)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -136,12 +186,19 @@ class SQDRCNN(nn.Module):
         """The circuit and the head: logits from encoder features."""
         return self.head(self.circuit(features))
 
+    @property
+    def quantum_circuit(self) -> ReuploadCircuit | None:
+        """The re-upload circuit, or None when a :class:`ClassicalLayer` stands in its place (``quantum=False``)."""
+        return self.circuit if isinstance(self.circuit, ReuploadCircuit) else None
+
     def with_engine(self, engine: EngineName, *, noise: NoiseSpec | NoiseModel, shots: int | None = None) -> SQDRCNN:
         """This model with its circuit run by another engine (and noise model); every parameter is shared.
 
         ``self`` is never modified, so a model being trained can be certified or stress-tested alongside.
         Pass ``noise=model.circuit.spec.noise`` to keep the current noise model.
         """
+        if self.quantum_circuit is None:
+            raise ValueError("this model has a classical layer instead of a circuit (quantum=False): no engine to change.")
         other = copy.copy(self)
         other._modules = dict(self._modules)  # its own child table, so replacing the circuit leaves self alone
         other.circuit = self.circuit.with_engine(engine, noise=noise, shots=shots)
