@@ -9,7 +9,7 @@
 #
 # The base only has to be Debian with apt: python:3.11-slim brings its own Python; a bare Debian base
 # (as scripts/build-image.sh uses on machines without a Docker engine) gets Python from apt instead.
-ARG BASE=python:3.11-slim
+ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE}
 
 # PyTorch's CPU wheels: the default PyPI build of torch pulls several GB of CUDA libraries that a CPU-only

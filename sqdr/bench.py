@@ -1,71 +1,140 @@
-"""``sqdr bench``: throughput of the engines, measured side by side in one run.
+"""``sqdr bench``: what a user waits for (training, inference, the circuit engines), measured side by side in one run.
 
-Each measurement runs in a fresh Python process, so its peak resident memory is its own and one engine's
-caches cannot help another. Timings are medians of repeats after a warm-up; the machine may be shared,
-so compare the ratios printed at the end rather than absolute numbers.
+Each measurement runs in a fresh Python process, so its peak resident memory is its own and one engine's caches
+cannot help another. Timings are medians from ``torch.utils.benchmark.Timer.blocked_autorange``. The machine
+may be shared: compare the ratios printed at the end (both sides measured in the same run) rather than
+absolute numbers.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
+import platform
 import resource
-import statistics
 import subprocess
 import sys
-import time
+from argparse import ArgumentError
 from dataclasses import asdict, dataclass
+from typing import Callable, Literal, Optional
 
 import torch
+from jsonargparse import ArgumentParser
+
+from sqdr.errors import UserError
+
+NAMES = ("train_step", "inference", "encoder", "circuit", "noisy_circuit")
+Grid = Literal["default", "full"]
 
 
 @dataclass
 class Case:
-    """One measurement: what runs, on which engine, at which size."""
+    """One measurement: what runs, on which engine, at which size, with which encoder implementation."""
 
-    name: str  # circuit | noisy_circuit | encoder | train_step | inference
-    engine: str
+    name: str  # one of NAMES
+    engine: str = "fused"
     n_qubits: int = 9
     n_blocks: int = 2
     batch: int = 128
-    repeats: int = 5
+    encoder: Optional[str] = None  # "fast" (SpikingEncoder) or "reference" (snnTorch stepped); None: no encoder
+    noise: Optional[str] = None  # a noise preset, e.g. "paper"
+    layer: str = "sqdr"  # "sqdr", or "torchlayer": a plain QNode through qml.qnn.TorchLayer (lightning only)
 
 
-def default_cases(quick: bool) -> list[Case]:
-    """The paper's circuit (9 qubits, 2 blocks) on every engine; PennyLane engines get fewer repeats."""
-    slow_repeats = 1 if quick else 3
+def model_cases() -> list[Case]:
+    """The paper model end to end (fused engine): training, its reference-encoder baseline, inference, noise."""
     return [
-        Case("circuit", "fused", repeats=20),
-        Case("circuit", "lightning", repeats=slow_repeats),
-        Case("circuit", "default.qubit", repeats=slow_repeats),
-        Case("noisy_circuit", "fused", batch=32, repeats=20),
-        # default.mixed needs seconds per sample at 9 qubits: a batch of 2 bounds the time it takes.
-        Case("noisy_circuit", "default.mixed", batch=2, repeats=1),
-        Case("encoder", "fused", repeats=10),
-        Case("train_step", "fused", repeats=10),
-        Case("inference", "fused", repeats=10),
+        *(Case("train_step", batch=b, encoder=e) for b in (16, 128) for e in ("fast", "reference")),
+        Case("inference", batch=128, encoder="fast"),
+        Case("inference", batch=1024, encoder="fast"),
+        Case("train_step", batch=16, encoder="fast", noise="paper"),
+        Case("encoder", batch=128, encoder="fast"),
+        Case("encoder", batch=128, encoder="reference"),
     ]
 
 
-def _workload(case: Case):
-    """A closure doing one timed step of ``case``."""
-    from sqdr.models import SQDRCNN, ReuploadCircuit
+def circuit_cases(grid: Grid) -> list[Case]:
+    """Circuit engines, forward + backward. ``default`` is a bounded subset; ``full`` is qubits 2..16 x blocks 1..4.
 
+    PennyLane engines get small batches: they take milliseconds (``lightning``) to seconds (``default.mixed``)
+    per sample.
+    """
+    if grid == "full":
+        sizes = [(n, layers) for n in range(2, 17) for layers in range(1, 5)]
+        lightning_sizes = sizes
+        mixed_sizes = [(n, 2) for n in (2, 4, 6, 8, 9)]
+    else:
+        sizes = [(2, 1), (4, 2), (9, 1), (9, 2), (9, 4), (12, 2), (16, 2)]
+        lightning_sizes = [(4, 2), (9, 2)]
+        mixed_sizes = [(4, 2)]
+    cases = [Case("circuit", "fused", n, layers, batch=128) for n, layers in sizes]
+    cases += [Case("circuit", "lightning", n, layers, batch=16) for n, layers in lightning_sizes]
+    cases += [
+        Case("circuit", "lightning", 9, 2, batch=16, layer="torchlayer"),
+        Case("circuit", "default.qubit", 9, 2, batch=16),
+        Case("noisy_circuit", "fused", 9, 2, batch=32, noise="paper"),
+    ]
+    cases += [Case("noisy_circuit", "default.mixed", n, layers, batch=2, noise="paper") for n, layers in mixed_sizes]
+    return cases
+
+
+def torchlayer_circuit(case: Case) -> torch.nn.Module:
+    """The paper circuit as a user would write it: a QNode on ``lightning.qubit`` (adjoint) in a ``TorchLayer``."""
+    import pennylane as qml
+
+    from sqdr.models.engines.pennylane import reupload_circuit
+    from sqdr.models.spec import CircuitSpec
+
+    spec = CircuitSpec(case.n_qubits, case.n_blocks)
+    device = qml.device("lightning.qubit", wires=spec.n_qubits)
+
+    @qml.qnode(device, interface="torch", diff_method="adjoint")
+    def qnode(inputs, weights):
+        return reupload_circuit(spec, inputs.reshape(*inputs.shape[:-1], spec.n_qubits, 3), weights)
+
+    layer = qml.qnn.TorchLayer(qnode, {"weights": (spec.n_blocks, spec.n_qubits, 3)})
+    return torch.nn.Sequential(layer)
+
+
+def _circuit_step(case: Case) -> Callable[[], None]:
+    from sqdr.models import ReuploadCircuit
+
+    if case.layer == "torchlayer":
+        circuit = torchlayer_circuit(case)
+    else:
+        circuit = ReuploadCircuit(case.n_qubits, case.n_blocks, engine=case.engine, noise=case.noise)
+    features = torch.rand(case.batch, 3 * case.n_qubits, requires_grad=True)
+
+    def step() -> None:
+        circuit.zero_grad()
+        circuit(features).sum().backward()
+
+    return step
+
+
+def _model(case: Case) -> torch.nn.Module:
+    """The paper model; with ``encoder="reference"`` its encoder is the snnTorch step-by-step formulation."""
+    from sqdr.models import SQDRCNN
+    from sqdr.models.encoder import ReferenceSpikingEncoder
+
+    model = SQDRCNN(n_qubits=case.n_qubits, n_blocks=case.n_blocks, engine=case.engine, noise=case.noise)
+    if case.encoder == "reference":
+        reference = ReferenceSpikingEncoder(out_features=3 * case.n_qubits)
+        reference.load_state_dict(model.encoder.state_dict())
+        model.encoder = reference
+    return model
+
+
+def workload(case: Case) -> Callable[[], None]:
+    """A closure doing one timed step of ``case``."""
     torch.manual_seed(0)
     if case.name in ("circuit", "noisy_circuit"):
-        noise = "paper" if case.name == "noisy_circuit" else None
-        circuit = ReuploadCircuit(case.n_qubits, case.n_blocks, engine=case.engine, noise=noise)
-        features = torch.rand(case.batch, 3 * case.n_qubits, requires_grad=True)
-
-        def step():
-            circuit.zero_grad()
-            circuit(features).sum().backward()
-
-        return step
-    model = SQDRCNN(n_qubits=case.n_qubits, n_blocks=case.n_blocks, engine=case.engine)
+        return _circuit_step(case)
+    model = _model(case)
     images = torch.rand(case.batch, 1, 28, 28)
     if case.name == "encoder":
-        def step():
+
+        def step() -> None:
             model.zero_grad()
             model.encode(images).sum().backward()
 
@@ -73,7 +142,7 @@ def _workload(case: Case):
     if case.name == "inference":
         model.eval()
 
-        def step():
+        def step() -> None:
             with torch.no_grad():
                 model(images)
 
@@ -81,7 +150,7 @@ def _workload(case: Case):
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     labels = torch.randint(0, 10, (case.batch,))
 
-    def step():
+    def step() -> None:
         optimiser.zero_grad()
         torch.nn.functional.cross_entropy(model(images), labels).backward()
         optimiser.step()
@@ -89,28 +158,40 @@ def _workload(case: Case):
     return step
 
 
-def measure(case: Case) -> dict:
-    """Run ``case`` in this process: median samples/s over ``repeats`` after one warm-up step."""
-    step = _workload(case)
-    step()
-    times = []
-    for _ in range(case.repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def machine() -> dict:
+    """What the numbers depend on: cores, threads, library versions."""
+    import pennylane
+
     return {
-        **asdict(case),
-        "samples_per_s": case.batch / statistics.median(times),
-        "median_s": statistics.median(times),
-        "peak_mem_mb": round(peak_mb, 1),
+        "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "pennylane": pennylane.__version__,
+        "python": platform.python_version(),
     }
 
 
-def run_isolated(case: Case, timeout: float) -> dict:
+def measure(case: Case, min_run_time: float) -> dict:
+    """Run ``case`` in this process: median seconds per step over at least ``min_run_time`` seconds of steps."""
+    from torch.utils.benchmark import Timer
+
+    step = workload(case)
+    step()  # warm-up: lazy devices, allocator, first-call dispatch
+    timing = Timer("step()", globals={"step": step}).blocked_autorange(min_run_time=min_run_time)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        **asdict(case),
+        "samples_per_s": case.batch / timing.median,
+        "median_s": timing.median,
+        "runs": len(timing.times) * timing.number_per_run,
+        "peak_mem_mb": round(peak_mb, 1),
+        **machine(),
+    }
+
+
+def run_isolated(case: Case, min_run_time: float, timeout: float) -> dict:
     """Measure ``case`` in a child process (own peak memory, no shared caches)."""
-    command = [sys.executable, "-m", "sqdr.bench", "--one", json.dumps(asdict(case))]
+    command = [sys.executable, "-m", "sqdr.bench", "--one", json.dumps(asdict(case)), "--min_time", str(min_run_time)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=True)
     except subprocess.TimeoutExpired:
@@ -120,50 +201,106 @@ def run_isolated(case: Case, timeout: float) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def ratios(results: list[dict]) -> list[str]:
-    """``fused`` throughput over each reference engine's, for the same measurement."""
+def label(row: dict) -> str:
+    """A short readable name of a measurement."""
+    parts = [row["name"], row["engine"]]
+    if row.get("encoder"):
+        parts.append(f"enc={row['encoder']}")
+    if row.get("noise"):
+        parts.append(f"noise={row['noise']}")
+    if row.get("layer") == "torchlayer":
+        parts.append("TorchLayer")
+    return " ".join(parts)
+
+
+def table_line(row: dict) -> str:
+    shown = row.get("error") or f"{row['samples_per_s']:>12,.1f} {row['peak_mem_mb']:>9,.0f}"
+    return f"{label(row):<44} {row['n_qubits']:>2} {row['n_blocks']:>2} {row['batch']:>5} {shown}"
+
+
+def ratios(rows: list[dict]) -> list[str]:
+    """Side-by-side speed-ups from this run: fast vs reference encoder, sqdr vs TorchLayer, fused vs PennyLane."""
+    done = [r for r in rows if "samples_per_s" in r]
+
+    def find(**fields) -> Optional[dict]:
+        return next((r for r in done if all(r.get(k) == v for k, v in fields.items())), None)
+
     lines = []
-    fused = {r["name"]: r for r in results if r["engine"] == "fused" and "samples_per_s" in r}
-    for r in results:
-        if r["engine"] != "fused" and "samples_per_s" in r and r["name"] in fused:
-            ratio = fused[r["name"]]["samples_per_s"] / r["samples_per_s"]
-            lines.append(f"{r['name']}: fused is {ratio:,.0f}x {r['engine']}")
+    for r in done:
+        key = dict(name=r["name"], n_qubits=r["n_qubits"], n_blocks=r["n_blocks"], batch=r["batch"], noise=r["noise"])
+        if r.get("encoder") == "reference" and (fast := find(**key, encoder="fast", engine=r["engine"])):
+            ratio = fast["samples_per_s"] / r["samples_per_s"]
+            lines.append(f"{r['name']} batch {r['batch']}: fast encoder is {ratio:.2f}x the snnTorch reference")
+        if r.get("layer") == "torchlayer" and (ours := find(**key, engine="lightning", layer="sqdr")):
+            ratio = ours["samples_per_s"] / r["samples_per_s"]
+            lines.append(f"circuit q={r['n_qubits']} L={r['n_blocks']}: sqdr lightning is {ratio:.1f}x a TorchLayer QNode")
+        if r["name"] in ("circuit", "noisy_circuit") and r["engine"] != "fused" and r.get("layer") == "sqdr":
+            fused = find(name=r["name"], engine="fused", n_qubits=r["n_qubits"], n_blocks=r["n_blocks"])
+            if fused:
+                ratio = fused["samples_per_s"] / r["samples_per_s"]
+                lines.append(f"{r['name']} q={r['n_qubits']} L={r['n_blocks']}: fused is {ratio:,.0f}x {r['engine']}")
     return lines
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="sqdr bench",
-        description="Throughput (samples/s, forward + backward unless 'inference') and peak memory of the "
-        "engines on the paper's circuit (9 qubits, 2 blocks), measured side by side in one run.",
+        exit_on_error=False,
+        description="Throughput (samples/s; forward + backward except 'inference') and peak memory of training "
+        "and inference of the paper model (9 qubits, 2 blocks, fused engine; with the fast and the snnTorch "
+        "reference encoder), noisy training, and the circuit engines across sizes. Each measurement runs in "
+        "its own process; the ratios at the end compare measurements of the same run.",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per measurement and line")
-    parser.add_argument("--quick", action="store_true", help="one repeat for the slow PennyLane engines")
-    parser.add_argument("--only", default="", help="comma-separated measurement names to run (default: all)")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds allowed per measurement")
-    parser.add_argument("--one", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--only",
+        type=Optional[list[str]],
+        default=None,
+        help=f"measurement names to run, e.g. '[train_step, inference]' (default: all of {list(NAMES)})",
+    )
+    parser.add_argument(
+        "--grid",
+        type=Grid,
+        default="default",
+        help="circuit sizes: 'default' (a bounded subset) or 'full' (qubits 2..16 x blocks 1..4, takes long)",
+    )
+    parser.add_argument("--min_time", type=float, default=2.0, help="seconds of timed steps per measurement")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per measurement process")
+    parser.add_argument("--one", type=Optional[str], default=None, help="measure one case (JSON) in this process")
+    return parser
+
+
+def select(cases: list[Case], only: Optional[list[str]]) -> list[Case]:
+    if not only:
+        return cases
+    unknown = sorted(set(only) - set(NAMES))
+    if unknown:
+        raise UserError(f"unknown measurement(s) {unknown} in --only; choose from {list(NAMES)}.")
+    return [c for c in cases if c.name in only]
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """``sqdr bench``: run the measurements, print a table (or JSON lines) and the side-by-side ratios."""
+    try:
+        args = build_parser().parse_args(argv)
+    except ArgumentError as error:
+        raise UserError(f"{error}; see `sqdr bench --help`.") from None
+    if args.min_time <= 0 or args.timeout <= 0:
+        raise UserError("--min_time and --timeout must be positive numbers of seconds.")
     if args.one:
-        print(json.dumps(measure(Case(**json.loads(args.one)))))
+        print(json.dumps(measure(Case(**json.loads(args.one)), args.min_time)))
         return
-    cases = default_cases(args.quick)
-    if args.only:
-        wanted = set(args.only.split(","))
-        unknown = wanted - {c.name for c in cases}
-        if unknown:
-            parser.error(f"unknown measurement(s) {sorted(unknown)}; choose from circuit, noisy_circuit, encoder, train_step, inference")
-        cases = [c for c in cases if c.name in wanted]
-    results = []
-    for case in cases:
-        result = run_isolated(case, args.timeout)
-        results.append(result)
-        if args.json:
-            print(json.dumps(result), flush=True)
-        else:
-            shown = result.get("error") or f"{result['samples_per_s']:>10,.1f} samples/s  peak {result['peak_mem_mb']:>7,.0f} MB"
-            print(f"{case.name:<14} {case.engine:<14} q={case.n_qubits} L={case.n_blocks} batch={case.batch:<4} {shown}", flush=True)
+    cases = select(model_cases() + circuit_cases(args.grid), args.only)
     if not args.json:
-        for line in ratios(results):
+        print(" ".join(f"{k}={v}" for k, v in machine().items()))
+        print(f"{'measurement':<44} {'q':>2} {'L':>2} {'batch':>5} {'samples/s':>12} {'peak MB':>9}")
+    rows = []
+    for case in cases:
+        row = run_isolated(case, args.min_time, args.timeout)
+        rows.append(row)
+        print(json.dumps(row) if args.json else table_line(row), flush=True)
+    if not args.json:
+        for line in ratios(rows):
             print(line)
 
 

@@ -141,21 +141,25 @@ class SQDRCLI(LightningCLI):
         return loggers
 
     def _wandb_logger(self, config, run_dir: Path) -> Logger:
+        import wandb
         from lightning.pytorch.loggers import WandbLogger
 
         # Absolute: W&B's service process keeps the working directory it started in.
         run_dir = run_dir.resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         keep = ("model", "data", "trainer", "experiment")
-        return WandbLogger(
+        # The run is started here and handed over: WandbLogger's own start passes W&B a deprecated setting
+        # that prints a warning on every run.
+        run = wandb.init(
             project=config.wandb_project,
             group=config.wandb_group or config.experiment,
             tags=list(config.wandb_tags) or None,
             name=f"{config.experiment}/{run_dir.name}",
-            save_dir=str(run_dir),
+            dir=str(run_dir),
             mode=wandb_mode(),
             config={k: v for k, v in config.as_dict().items() if k in keep},
         )
+        return WandbLogger(experiment=run)
 
     # -- after each sub-command ----------------------------------------------------------------------
     def after_fit(self) -> None:

@@ -1,17 +1,13 @@
-"""The ``sqdr`` command as a user runs it: fit, test, resume, print_config, W&B offline, bench."""
+"""The ``sqdr`` command as a user runs it: fit, test, resume, print_config, W&B offline."""
 
 from __future__ import annotations
 
 import csv
-import json
-import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from sqdr.bench import Case, measure
-from sqdr.bench import main as bench_main
 from sqdr.__main__ import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,20 +97,6 @@ def test_wandb_logger_writes_an_offline_run(tmp_path, monkeypatch):
     records = next(runs[0].glob("*.wandb")).read_bytes()  # W&B's binary log, uploaded by `wandb sync`
     for expected in (b"n_qubits", b"params", b"val/acc", b"train/loss"):
         assert expected in records, expected
-
-
-def test_bench_measures_samples_per_second():
-    result = measure(Case("circuit", "fused", n_qubits=3, n_blocks=2, batch=8, repeats=3))
-    assert result["samples_per_s"] > 0 and result["peak_mem_mb"] > 0
-
-
-def test_bench_json_lines_carry_the_contract_fields(capsys):
-    bench_main(["--json", "--only", "inference"])
-    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    assert len(lines) == 1
-    for key in ("name", "engine", "n_qubits", "n_blocks", "batch", "samples_per_s", "peak_mem_mb"):
-        assert key in lines[0]
-    assert lines[0]["name"] == "inference" and lines[0]["samples_per_s"] > 0
 
 
 def test_top_level_help_lists_every_command(capsys):

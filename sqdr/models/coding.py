@@ -21,14 +21,19 @@ PHASE_BITS = 8
 
 
 def phase_code(images: torch.Tensor, time_steps: int) -> torch.Tensor:
-    """Weighted phase coding of ``images`` (values in [0, 1]) into ``(time_steps, *images.shape)``."""
+    """Weighted phase coding of ``images`` (values in [0, 1]) into ``(time_steps, *images.shape)``.
+
+    The bit planes are cut from 8-bit integers and multiplied by their weights in one step (``uint8 * float``
+    gives float), a quarter of the work of doing the same in 64-bit integers and converting.
+    """
     # 255/256 keeps a pixel of 1.0 representable in 8 bits (the reference does the same).
-    levels = torch.round(images.clamp(0.0, 1.0) * 255.0).to(torch.int64)
+    levels = torch.round(images.clamp(0.0, 1.0) * 255.0).to(torch.uint8)
     phases = torch.arange(time_steps, device=images.device) % PHASE_BITS
-    shifts = (PHASE_BITS - 1 - phases).view(-1, *([1] * images.dim()))
-    bits = (levels.unsqueeze(0) >> shifts) & 1
-    weights = torch.pow(2.0, -(phases + 1).to(images.dtype)).view_as(shifts)
-    return bits.to(images.dtype) * weights
+    shape = (-1, *([1] * images.dim()))
+    shifts = (PHASE_BITS - 1 - phases).to(torch.uint8).view(shape)
+    bits = levels.unsqueeze(0).bitwise_right_shift(shifts).bitwise_and_(1)
+    weights = torch.pow(2.0, -(phases + 1).to(images.dtype)).view(shape)
+    return torch.mul(bits, weights)
 
 
 def rate_code(images: torch.Tensor, time_steps: int) -> torch.Tensor:

@@ -16,8 +16,14 @@ import torch
 from snntorch import surrogate as snn_surrogate
 from torch import nn
 
+from sqdr.models.conv import narrow_conv3x3
+from sqdr.models.neurons import spiking_neurons
+
 Neuron = Literal["if", "leaky"]
 Surrogate = Literal["atan", "fast_sigmoid", "sigmoid", "triangular", "straight_through"]
+
+# Convolutions with fewer input channels than this take the backward pass of sqdr.models.conv (measured faster).
+NARROW = 4
 
 # BatchNorm momentum of the reference implementation.
 REFERENCE_BN_MOMENTUM = math.sqrt(0.1)
@@ -85,6 +91,21 @@ def run_neuron(neuron: snn.Leaky, currents: torch.Tensor) -> torch.Tensor:
     return torch.stack(spikes)
 
 
+def fire(neuron: snn.Leaky, currents: torch.Tensor) -> torch.Tensor:
+    """The spikes :func:`run_neuron` returns, from one fused kernel over all steps (:mod:`sqdr.models.neurons`).
+
+    ``beta`` and ``threshold`` are read from the snnTorch module's buffers, so values loaded from a checkpoint
+    apply to both formulations.
+    """
+    return spiking_neurons(
+        currents,
+        beta=neuron.beta.item(),
+        threshold=neuron.threshold.item(),
+        surrogate=neuron.spike_grad.name,
+        slope=neuron.spike_grad.slope,
+    )
+
+
 class SpikingEncoder(nn.Module):
     """Conv-BN-neuron-pool stages, adaptive pooling, a linear projection and an output neuron layer.
 
@@ -121,6 +142,25 @@ class SpikingEncoder(nn.Module):
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.project = nn.Linear(channels[-1], out_features)
         self.out_neuron = make_neuron(*neuron_args)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        steps, batch = frames.shape[:2]
+        x = frames.reshape(steps * batch, *frames.shape[2:])
+        for conv, norm, neuron in zip(self.convs, self.norms, self.conv_neurons):
+            currents = norm(narrow_conv3x3(x, conv.weight) if conv.in_channels < NARROW else conv(x))
+            spikes = fire(neuron, currents.view(steps, batch, *currents.shape[1:]))
+            x = self.pool(spikes.flatten(0, 1))
+        currents = self.project(self.global_pool(x).flatten(1))
+        spikes = fire(self.out_neuron, currents.view(steps, batch, -1))
+        return spikes.mean(0)
+
+
+class ReferenceSpikingEncoder(SpikingEncoder):
+    """The same network with snnTorch's neurons stepped one time step at a time.
+
+    The plain formulation :class:`SpikingEncoder` is checked against (outputs and gradients), and the
+    baseline ``sqdr bench`` times it beside. Same constructor and ``state_dict`` as :class:`SpikingEncoder`.
+    """
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         steps, batch = frames.shape[:2]

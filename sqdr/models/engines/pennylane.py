@@ -1,6 +1,9 @@
 """PennyLane engines: the same circuit spec as PennyLane operations on PennyLane's own devices.
 
-* ``lightning``: ``lightning.qubit`` with adjoint differentiation (the reference device).
+* ``lightning``: ``lightning.qubit`` with adjoint differentiation (the reference device). Without shots it runs
+  through :class:`LightningAdjoint`: one batch of tapes straight on the device and one adjoint
+  vector-Jacobian product per sample in backward, instead of a QNode call per sample that computes the full
+  Jacobian (every output's adjoint pass) during the forward pass.
 * ``default.qubit``: PennyLane's state-vector device with backpropagation.
 * ``default.mixed``: PennyLane's density-matrix device with backpropagation (the noisy reference).
 
@@ -10,11 +13,13 @@ cannot be), so models holding these engines still checkpoint and copy cleanly.
 
 from __future__ import annotations
 
+import numpy as np
 import pennylane as qml
 import torch
+from pennylane.devices import ExecutionConfig
 
-from sqdr.models.circuit import CircuitSpec
 from sqdr.models.noise import NoiseModel
+from sqdr.models.spec import CircuitSpec, EngineInfo
 
 PENNYLANE_CHANNELS = {
     "bit_flip": qml.BitFlip,
@@ -22,12 +27,6 @@ PENNYLANE_CHANNELS = {
     "depolarizing": qml.DepolarizingChannel,
     "amplitude_damping": qml.AmplitudeDamping,
     "phase_damping": qml.PhaseDamping,
-}
-
-DEVICES = {
-    "lightning": ("lightning.qubit", "adjoint"),
-    "default.qubit": ("default.qubit", "backprop"),
-    "default.mixed": ("default.mixed", "backprop"),
 }
 
 
@@ -58,33 +57,73 @@ def reupload_circuit(spec: CircuitSpec, data, weights):
     return [qml.expval(qml.PauliZ(wire)) for wire in range(spec.n_qubits)]
 
 
-class PennyLaneEngine:
-    """Runs the circuit as a QNode on one of PennyLane's devices, one sample at a time.
+def reupload_tape(spec: CircuitSpec, data: np.ndarray, weights: np.ndarray) -> qml.tape.QuantumScript:
+    """The noiseless circuit for one sample as a tape, built directly (no QNode, no queuing, no transforms).
 
-    Samples run one by one because PennyLane splits broadcast tapes for adjoint differentiation anyway,
-    and per-sample execution works on every device and every channel. It is a reference, not the fast path.
+    Its parameters are, in order, per block and qubit: the three data angles, then the three trainable ones;
+    :class:`LightningAdjoint` relies on that order to split gradients between ``data`` and ``weights``.
+    """
+    operations = []
+    for block in range(spec.n_blocks):
+        for wire in range(spec.n_qubits):
+            operations.append(qml.Rot(*data[wire], wires=wire))
+            operations.append(qml.Rot(*weights[block, wire], wires=wire))
+        if block < spec.n_blocks - 1:
+            operations.extend(qml.CZ(wires=pair) for pair in spec.cz_pairs)
+    return qml.tape.QuantumScript(operations, [qml.expval(qml.Z(wire)) for wire in range(spec.n_qubits)])
+
+
+class LightningAdjoint(torch.autograd.Function):
+    """``<Z_i>`` of a batch on ``lightning.qubit``, differentiated by the device's adjoint method.
+
+    PennyLane's torch interface would ask for the full Jacobian (one adjoint sweep per output); backward
+    only needs its product with the incoming gradient, which ``compute_vjp`` gets in one sweep per sample.
+    The tapes of the forward pass are kept for that backward pass.
     """
 
-    def __init__(self, name: str, spec: CircuitSpec, shots: int | None = None) -> None:
-        if name not in DEVICES:
-            raise ValueError(f"Unknown PennyLane engine {name!r}; choose one of {sorted(DEVICES)}.")
-        if spec.noise is not None and name != "default.mixed":
+    @staticmethod
+    def forward(ctx, data: torch.Tensor, weights: torch.Tensor, device, spec: CircuitSpec) -> torch.Tensor:
+        config = ExecutionConfig(gradient_method="adjoint")
+        angles = weights.detach().double().cpu().numpy()
+        tapes = [reupload_tape(spec, sample, angles) for sample in data.detach().double().cpu().numpy()]
+        ctx.tapes, ctx.device, ctx.config, ctx.spec = tapes, device, config, spec
+        return torch.tensor(np.array(device.execute(tapes, config)), dtype=data.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        spec = ctx.spec
+        cotangents = grad_output.detach().double().cpu().numpy()
+        products = np.array(ctx.device.compute_vjp(ctx.tapes, list(cotangents), ctx.config))
+        # One row per sample: (block, qubit, data-or-trainable, angle), the order of reupload_tape's parameters.
+        products = torch.tensor(products, dtype=grad_output.dtype).view(-1, spec.n_blocks, spec.n_qubits, 2, 3)
+        return products[:, :, :, 0].sum(1), products[:, :, :, 1].sum(0), None, None
+
+
+class PennyLaneEngine:
+    """Runs the circuit on one of PennyLane's devices: ``lightning`` as one batch of tapes, the others as a QNode.
+
+    QNodes run one sample at a time: per-sample execution works on every device, channel and shot setting.
+    These engines are the references, not the fast path.
+    """
+
+    def __init__(self, info: EngineInfo, spec: CircuitSpec, shots: int | None = None) -> None:
+        if spec.noise is not None and not info.noise:
             raise ValueError(
-                f"The {name!r} engine simulates pure states and cannot apply noise; "
+                f"The {info.name!r} engine simulates pure states and cannot apply noise; "
                 "use engine 'default.mixed' or 'fused' with a noise model."
             )
-        self.name = name
+        self.info = info
+        self.name = info.name
         self.spec = spec
         self.shots = shots
         self._qnode = None
+        self._device = None  # the lightning.qubit device LightningAdjoint runs on, built on first use
 
     @property
     def qnode(self) -> qml.QNode:
         if self._qnode is None:
-            device_name, diff_method = DEVICES[self.name]
-            if self.shots:
-                diff_method = "parameter-shift"
-            device = qml.device(device_name, wires=self.spec.n_qubits)
+            diff_method = "parameter-shift" if self.shots else self.info.diff_method
+            device = qml.device(self.info.device, wires=self.spec.n_qubits)
             qnode = qml.QNode(
                 lambda data, weights: reupload_circuit(self.spec, data, weights),
                 device,
@@ -96,11 +135,15 @@ class PennyLaneEngine:
 
     def __call__(self, data: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``<Z_i>`` for data angles ``(B, n, 3)`` and trainable angles ``(L, n, 3)``; returns ``(B, n)``."""
+        if self.name == "lightning" and not self.shots:
+            if self._device is None:
+                self._device = qml.device(self.info.device, wires=self.spec.n_qubits)
+            return LightningAdjoint.apply(data, weights, self._device, self.spec)
         rows = [torch.stack(list(self.qnode(sample, weights))) for sample in data]
         return torch.stack(rows).to(data.dtype)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_qnode": None}
+        return {**self.__dict__, "_qnode": None, "_device": None}
 
     def to_openqasm(self, data: torch.Tensor, weights: torch.Tensor) -> str:
         """The circuit for one sample's data angles ``(n, 3)`` as OpenQASM 2.0 (noise is not exported)."""

@@ -1,0 +1,155 @@
+"""The fast spiking encoder computes the same function as snnTorch stepped one time step at a time.
+
+Outputs, the input gradient and every parameter gradient are compared against
+:class:`~sqdr.models.encoder.ReferenceSpikingEncoder` (snnTorch ``Leaky`` neurons called step by step).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sqdr.models.coding import CODERS, phase_code
+from sqdr.models.conv import narrow_conv3x3
+from sqdr.models.encoder import ReferenceSpikingEncoder, SpikingEncoder, make_neuron, run_neuron
+from sqdr.models.neurons import spiking_neurons
+
+SURROGATES = ["atan", "fast_sigmoid", "sigmoid", "triangular", "straight_through"]
+
+
+def encoder_pair(**kwargs) -> tuple[SpikingEncoder, ReferenceSpikingEncoder]:
+    fast = SpikingEncoder(in_channels=1, out_features=6, channels=[3, 4, 6], **kwargs).double()
+    with torch.no_grad():  # non-trivial batch-norm affine parameters, so their gradients are tested too
+        for norm in fast.norms:
+            norm.weight.uniform_(0.5, 2.0)
+            norm.bias.uniform_(-0.2, 0.6)
+    reference = ReferenceSpikingEncoder(in_channels=1, out_features=6, channels=[3, 4, 6], **kwargs).double()
+    reference.load_state_dict(fast.state_dict())
+    return fast, reference
+
+
+def run(encoder: torch.nn.Module, frames: torch.Tensor, weights: torch.Tensor):
+    """Rates, input gradient and every parameter gradient of a weighted sum of the rates."""
+    encoder.zero_grad()
+    frames = frames.clone().requires_grad_(True)
+    rates = encoder(frames)
+    (rates * weights).sum().backward()
+    grads = {name: p.grad.clone() for name, p in encoder.named_parameters()}
+    return rates.detach(), frames.grad, grads
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    """Equal up to 1e-5 of the largest entry: snnTorch rounds spike gradients to float32 even in float64."""
+    scale = max(b.abs().max().item(), 1.0)
+    assert torch.allclose(a, b, rtol=0, atol=1e-5 * scale), f"{what} differs by {(a - b).abs().max():.3e}"
+
+
+@pytest.mark.parametrize("coding", ["phase", "rate", "direct"])
+@pytest.mark.parametrize("neuron", ["if", "leaky"])
+@pytest.mark.parametrize("surrogate", ["atan", "fast_sigmoid", "sigmoid", "triangular"])
+def test_fast_encoder_matches_snntorch_reference_outputs_and_gradients(coding, neuron, surrogate):
+    torch.manual_seed(7)
+    fast, reference = encoder_pair(neuron=neuron, beta=0.8, surrogate=surrogate, threshold=0.7, surrogate_slope=3.0)
+    frames = CODERS[coding](torch.rand(5, 1, 8, 8, dtype=torch.float64), 10)
+    weights = torch.randn(5, 6, dtype=torch.float64)
+    rates, frame_grad, grads = run(fast, frames, weights)
+    ref_rates, ref_frame_grad, ref_grads = run(reference, frames, weights)
+    assert torch.equal(rates, ref_rates)
+    assert 0 < rates.mean() < 1, "the test should exercise both firing and silent neurons"
+    assert_close(frame_grad, ref_frame_grad, "input gradient")
+    assert frame_grad.abs().sum() > 0
+    assert set(grads) == set(ref_grads) == {name for name, _ in fast.named_parameters()}
+    for name in grads:
+        assert_close(grads[name], ref_grads[name], name)
+        assert grads[name].abs().sum() > 0, name
+
+
+def test_fast_encoder_matches_reference_in_eval_mode_and_keeps_running_statistics_equal():
+    torch.manual_seed(3)
+    fast, reference = encoder_pair()
+    frames = phase_code(torch.rand(4, 1, 8, 8, dtype=torch.float64), 10)
+    weights = torch.randn(4, 6, dtype=torch.float64)
+    run(fast, frames, weights)  # one training step each updates the batch-norm running statistics
+    run(reference, frames, weights)
+    for a, b in zip(fast.norms, reference.norms):
+        assert torch.allclose(a.running_mean, b.running_mean, atol=1e-12)
+        assert torch.allclose(a.running_var, b.running_var, atol=1e-12)
+        assert a.num_batches_tracked.item() == b.num_batches_tracked.item() == 1
+    fast.eval(), reference.eval()
+    rates, frame_grad, grads = run(fast, frames, weights)
+    ref_rates, ref_frame_grad, ref_grads = run(reference, frames, weights)
+    assert torch.equal(rates, ref_rates)
+    for name in grads:
+        assert_close(grads[name], ref_grads[name], name)
+
+
+def test_fast_encoder_in_float32_stays_close_to_reference():
+    torch.manual_seed(11)
+    fast = SpikingEncoder(in_channels=1, out_features=27)
+    reference = ReferenceSpikingEncoder(in_channels=1, out_features=27)
+    reference.load_state_dict(fast.state_dict())
+    frames = phase_code(torch.rand(16, 1, 28, 28), 10)
+    weights = torch.randn(16, 27)
+    rates, _, grads = run(fast, frames, weights)
+    ref_rates, _, ref_grads = run(reference, frames, weights)
+    assert (rates - ref_rates).abs().max() <= 0.1  # at most one spike in T=10 may flip on float32 rounding
+    assert (rates != ref_rates).float().mean() < 0.01
+    for name in grads:
+        assert torch.allclose(grads[name], ref_grads[name], rtol=0.05, atol=1e-3 * ref_grads[name].abs().max()), name
+
+
+def test_fast_and_reference_encoders_share_state_dict_keys():
+    assert list(SpikingEncoder().state_dict()) == list(ReferenceSpikingEncoder().state_dict())
+
+
+@pytest.mark.parametrize("neuron, beta", [("if", 1.0), ("leaky", 0.6)])
+@pytest.mark.parametrize("surrogate", SURROGATES)
+def test_fused_neuron_equals_snntorch_leaky_step_by_step(neuron, beta, surrogate):
+    torch.manual_seed(5)
+    currents = (0.6 * torch.randn(12, 40, dtype=torch.float64) + 0.4).requires_grad_(True)
+    upstream = torch.randn(12, 40, dtype=torch.float64)
+    reference = run_neuron(make_neuron(neuron, beta, 1.0, surrogate, 2.0), currents)
+    (reference * upstream).sum().backward()
+    expected = currents.grad.clone()
+    currents.grad = None
+    spikes = spiking_neurons(currents, beta=beta, threshold=1.0, surrogate=surrogate, slope=2.0)
+    (spikes * upstream).sum().backward()
+    assert torch.equal(spikes, reference)
+    # snnTorch carries spike gradients in float32, hence a relative 1e-6 rather than float64 precision.
+    assert torch.allclose(currents.grad, expected, rtol=1e-6, atol=1e-6 * expected.abs().max())
+
+
+def test_membrane_exactly_at_threshold_does_not_fire_and_is_kept():
+    currents = torch.tensor([0.5, 0.5, 0.25, 0.0]).view(4, 1)
+    spikes = spiking_neurons(currents, beta=1.0, threshold=1.0, surrogate="atan", slope=2.0)
+    reference = run_neuron(make_neuron("if", 1.0, 1.0, "atan", 2.0), currents)
+    assert spikes.flatten().tolist() == reference.flatten().tolist() == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_non_positive_threshold_is_a_clear_error():
+    with pytest.raises(ValueError, match="threshold must be positive"):
+        spiking_neurons(torch.zeros(2, 3), beta=1.0, threshold=0.0, surrogate="atan", slope=2.0)
+
+
+@pytest.mark.parametrize("in_channels, out_channels", [(1, 2), (2, 4), (3, 5)])
+def test_narrow_convolution_gradients_equal_pytorch(in_channels, out_channels):
+    torch.manual_seed(in_channels)
+    x = torch.randn(6, in_channels, 9, 7, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(out_channels, in_channels, 3, 3, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(6, out_channels, 9, 7, dtype=torch.float64)
+    expected = torch.autograd.grad((F.conv2d(x, weight, padding=1) * upstream).sum(), (x, weight))
+    got = torch.autograd.grad((narrow_conv3x3(x, weight) * upstream).sum(), (x, weight))
+    assert torch.allclose(narrow_conv3x3(x, weight), F.conv2d(x, weight, padding=1), atol=1e-12)
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_phase_coding_matches_the_bitwise_definition_for_every_8_bit_level():
+    images = torch.arange(256, dtype=torch.float64) / 255
+    frames = phase_code(images, 10)
+    levels = torch.arange(256)
+    for step in range(10):
+        bit = step % 8
+        expected = ((levels >> (7 - bit)) & 1).double() * 2.0 ** -(bit + 1)
+        assert torch.equal(frames[step], expected)
