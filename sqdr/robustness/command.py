@@ -7,7 +7,6 @@ output folder) is checked before the first test image is encoded, so a mistake c
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Literal
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
 from jsonargparse.typing import ClosedUnitInterval, PositiveInt
+from lightning.pytorch.cli import instantiate_class
 from torch.utils.data import DataLoader
 
 from sqdr.errors import UserError
@@ -124,11 +124,10 @@ def evaluation_loader(run_config: dict[str, Any], source: Path, options: NoiseOp
     data = run_config.get("data")
     if not isinstance(data, dict) or "class_path" not in data:
         raise UserError(f"{source} has no data.class_path; it must be the config.yaml that `sqdr fit` wrote.")
-    module_name, _, class_name = data["class_path"].rpartition(".")
     overrides = {"root": options.data_root, "test_size": options.test_size, "batch_size": options.batch_size}
     init_args = {**(data.get("init_args") or {}), **{k: v for k, v in overrides.items() if v is not None}}
     try:
-        datamodule = getattr(importlib.import_module(module_name), class_name)(**init_args)
+        datamodule = instantiate_class((), {"class_path": data["class_path"], "init_args": init_args})
         datamodule.setup("test")
     except ValueError as error:  # impossible data options; a missing data set raises a UserError of its own
         raise UserError(f"{data['class_path']}: {error}") from None
