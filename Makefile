@@ -60,3 +60,10 @@ image-smoke: ## inside the image: `sqdr --help` and a one-epoch quickstart fit; 
 	    docker run --rm -v $(SMOKE_DIR)/runs:/app/runs -v $(SMOKE_DIR)/results:/app/results sqdr sh -c \
 	        'sqdr --help && sqdr fit --config conf/experiments/quickstart.yaml --trainer.max_epochs 1'; \
 	else scripts/build-image.sh smoke $(SMOKE_DIR); fi
+
+# The paper's evaluation: baselines, ablations and seeds from conf/reproduce/experiments.yaml; resumable.
+BUDGET ?= quick
+.PHONY: reproduce
+
+reproduce: install ## the paper's evaluation with baselines and ablations (BUDGET=quick|paper); tables and figures in results/reproduce/
+	$(BIN)/sqdr reproduce --budget $(BUDGET) $(ARGS)

@@ -18,12 +18,14 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from optuna.trial import TrialState
 
-from sqdr import sweep
-from sqdr.report import pareto_front
+from sqdr.__main__ import main as sqdr_main
+from sqdr.sweep.study import FAILED_MARKER, load_study_file, open_study_storage
+from sqdr.sweep.trial import validate_trial_args
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:LightningCLI's args parameter is intended"),
@@ -33,6 +35,7 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[1]
 SQDR = str(Path(sys.executable).with_name("sqdr"))
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_PASSWORD = "s3cret-Pw"
 
 TINY_OVERRIDES = {
     "data.class_path": "sqdr.data.SyntheticDataModule",
@@ -62,8 +65,8 @@ def write_study(tmp_path: Path, name: str, **changes) -> Path:
         "overrides": dict(TINY_OVERRIDES),
         "space": {"model.lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True}},
         "objectives": [{"metric": "val/acc_best", "direction": "maximize"}],
-        "sampler": {"type": "random", "seed": 0},
-        "pruner": "none",
+        "sampler": {"class_path": "RandomSampler", "init_args": {"seed": 0}},
+        "pruner": {"class_path": "NopPruner"},
         "n_trials": 2,
         "storage": f"journal:{tmp_path}/{name}.journal",
     }
@@ -77,9 +80,18 @@ def write_study(tmp_path: Path, name: str, **changes) -> Path:
     return path
 
 
+def sweep(*argv: str) -> None:
+    """``sqdr sweep ARGV`` in this process, through the dispatcher (which turns user errors into exit code 2)."""
+    sqdr_main(["sweep", *argv])
+
+
+def report(*argv: str) -> None:
+    sqdr_main(["report", *argv])
+
+
 def stored_study(path: Path) -> optuna.Study:
-    spec = sweep.load_study_file(path)
-    return optuna.load_study(study_name=spec.name, storage=sweep.open_storage(spec))
+    spec = load_study_file(path)
+    return optuna.load_study(study_name=spec.name, storage=open_study_storage(spec))
 
 
 def stored_states(path: Path) -> dict[str, int]:
@@ -140,44 +152,67 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- study files ----------------------------------------------------------------------------------
+TWO_OBJECTIVES = [
+    {"metric": "val/acc", "direction": "maximize"},
+    {"metric": "params/total", "direction": "minimize"},
+]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         ({"n_trials": None}, "missing key(s) n_trials"),
-        ({"space": {"model.lr": {"type": "gaussian", "low": 0, "high": 1}}}, "unknown distribution type 'gaussian'"),
+        ({"n_trails": 3}, "unknown key n_trails; the keys of a study file are study_name,"),
+        ({"space": {"model.lr": {"type": "gaussian", "low": 0, "high": 1}}}, "space key model.lr: type: 'gaussian'"),
+        ({"space": {"model.lr": {"type": "float", "high": 1}}}, "model.lr: float dimensions need low"),
         ({"space": {"model.net.init_args.n_qbits": {"type": "int", "low": 2, "high": 3}}}, "n_qbits"),
+        ({"pruner": {"class_path": "MedianPruner"}, "objectives": TWO_OBJECTIVES}, "cannot prune"),
+        ({"sampler": "tpe"}, "sampler: 'tpe' is the old form; write sampler: {class_path: TPESampler}"),
         (
-            {
-                "pruner": "median",
-                "objectives": [
-                    {"metric": "val/acc", "direction": "maximize"},
-                    {"metric": "params/total", "direction": "minimize"},
-                ],
-            },
-            "cannot prune",
+            {"sampler": {"type": "tpe", "seed": 0}},
+            "write sampler: {class_path: TPESampler, init_args: {seed: 0}}",
         ),
+        ({"pruner": "none"}, "write pruner: {class_path: NopPruner}"),
+        ({"sampler": {"class_path": "TPESampler", "init_args": {"sed": 0}}}, "sampler: unknown key sed"),
+        ({"sampler": {"class_path": "TPESamplr"}}, "sampler: "),
+        ({"storage": "mysql://u@h/db"}, "storage 'mysql://u@h/db' is not supported"),
     ],
-    ids=["missing-key", "unknown-distribution", "unknown-config-key", "multi-objective-pruner"],
+    ids=[
+        "missing-key",
+        "unknown-key",
+        "unknown-distribution",
+        "missing-bound",
+        "unknown-config-key",
+        "multi-objective-pruner",
+        "old-sampler-name",
+        "old-sampler-mapping",
+        "old-pruner-name",
+        "unknown-sampler-argument",
+        "unknown-sampler-class",
+        "unknown-storage",
+    ],
 )
-def test_bad_study_file_exits_2_with_one_sentence(tmp_path, capsys, change, message):
+def test_bad_study_file_exits_2_with_one_sentence_before_creating_anything(tmp_path, capsys, change, message):
     path = write_study(tmp_path, "bad")
     study = yaml.safe_load(path.read_text())
     study.update(change)
     path.write_text(yaml.safe_dump({k: v for k, v in study.items() if v is not None}))
     with pytest.raises(SystemExit) as exit_info:
-        sweep.main([str(path)])
+        sweep(str(path))
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and message in err
-    assert "Traceback" not in err and len(err.splitlines()) == 1
+    error, *rest = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith(f"error: {path}: ") or error.startswith("error: storage"), error
+    assert message in error
+    assert "Traceback" not in error and rest == ["(set SQDR_DEBUG=1 to see the traceback)"]
+    assert not (tmp_path / "bad.journal").exists()  # validated before the storage holds anything
 
 
 def test_changed_study_file_is_refused_and_keeps_the_stored_trials(tmp_path, capsys):
     path = write_study(tmp_path, "keep", n_trials=1)
-    sweep.main([str(path)])
+    sweep(str(path))
     changed = write_study(tmp_path, "keep", n_trials=2, space={"model.lr": {"type": "int", "low": 1, "high": 3}})
     with pytest.raises(SystemExit) as exit_info:
-        sweep.main([str(changed)])
+        sweep(str(changed))
     assert exit_info.value.code == 2
     assert "no longer matches" in capsys.readouterr().err
     assert states(stored_study(path)) == {"COMPLETE": 1}
@@ -186,7 +221,7 @@ def test_changed_study_file_is_refused_and_keeps_the_stored_trials(tmp_path, cap
 def test_several_workers_on_sqlite_are_refused(tmp_path, capsys):
     path = write_study(tmp_path, "lite", storage=f"sqlite:///{tmp_path}/lite.db")
     with pytest.raises(SystemExit) as exit_info:
-        sweep.main([str(path), "--workers", "2"])
+        sweep(str(path), "--workers", "2")
     assert exit_info.value.code == 2
     assert "--storage journal:" in capsys.readouterr().err
 
@@ -224,19 +259,38 @@ def postgres_url():
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
     run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        # trust authentication accepts any password: this one must never be shown or stored
+        yield f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{port}/postgres"
     finally:
         run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_two_workers_on_postgresql_complete_exactly_four_distinct_trials(tmp_path, postgres_url):
+def test_two_workers_on_postgresql_complete_exactly_four_distinct_trials(tmp_path, postgres_url, capsys):
     path = write_study(tmp_path, "postgres2", n_trials=4, storage=postgres_url, overrides=LONGER_TRIALS)
     output = finish(start_sweep([str(path), "--workers", "2"], tmp_path))
     study = stored_study(path)
     assert_exact_budget(study, 4)
     assert states(study) == {"COMPLETE": 4}
     assert len({t.user_attrs["worker"]["pid"] for t in study.trials}) == 2, output[-2000:]
+    assert "postgresql://postgres:***@127.0.0.1" in output
+    report(str(path))
+    stored = repr([study.user_attrs, *(t.user_attrs for t in study.trials)])
+    written = [f.read_bytes() for f in tmp_path.rglob("*") if f.is_file() and f != path]
+    assert PG_PASSWORD not in output + capsys.readouterr().out + stored
+    assert not any(PG_PASSWORD.encode() in content for content in written)
+
+
+def test_storage_password_is_masked_in_connection_errors(tmp_path, capsys):
+    url = f"postgresql://someone:{PG_PASSWORD}@127.0.0.1:1/nowhere"  # nothing listens on port 1
+    path = write_study(tmp_path, "unreachable", storage=url)
+    for command in (sweep, report):
+        with pytest.raises(SystemExit) as exit_info:
+            command(str(path))
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "cannot open storage postgresql://someone:***@127.0.0.1:1/nowhere" in err
+        assert PG_PASSWORD not in err
 
 
 # -- crashes and interruptions --------------------------------------------------------------------
@@ -269,8 +323,16 @@ def test_worker_killed_mid_trial_is_failed_and_retried_on_a_journal_file(tmp_pat
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert states(stored_study(path)) == {"RUNNING": 1}
-    sweep.main([str(path)])
-    assert_failed_trial_was_retried(stored_study(path), 1)
+    sweep(str(path))
+    study = stored_study(path)
+    assert_failed_trial_was_retried(study, 1)
+    failed, retried = study.trials
+    assert Path(failed.user_attrs["run_dir"], FAILED_MARKER).is_file()
+    assert not Path(retried.user_attrs["run_dir"], FAILED_MARKER).exists()
+    report("runs/killed")
+    table = pd.read_csv("runs/killed/report/tables/killed.csv").set_index("run")
+    assert table.loc["trial_0/version_0", "status"] == "failed" and pd.isna(table.loc["trial_0/version_0", "val/acc"])
+    assert table.loc["trial_1/version_0", "status"] == "finished"
 
 
 def test_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried_on_sqlite(tmp_path):
@@ -287,7 +349,7 @@ def test_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried_on_sqlite(tm
     wait_running_trial(path, process)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    sweep.main([str(path)])  # waits out the 3 s grace period, then fails the stale trial and retries it
+    sweep(str(path))  # waits out the 3 s grace period, then fails the stale trial and retries it
     assert_failed_trial_was_retried(stored_study(path), 1)
 
 
@@ -302,21 +364,21 @@ def test_interrupted_study_resumes_with_only_the_remaining_trials(tmp_path):
     done_before = states(before).get("COMPLETE", 0)
     assert done_before == 1 and "RUNNING" not in states(before)
     n_before = len(before.trials)
-    sweep.main([str(path)])
+    sweep(str(path))
     after = stored_study(path)
     new = after.trials[n_before:]
     assert len(new) == 1 and new[0].state == TrialState.COMPLETE
     assert states(after).get("COMPLETE") == 2
-    sweep.main([str(path)])  # nothing left to do
+    sweep(str(path))  # nothing left to do
     assert len(stored_study(path).trials) == len(after.trials)
 
 
 # -- pruning, reports -----------------------------------------------------------------------------
 def test_pruned_trials_are_recorded_as_pruned_and_count_towards_the_budget(tmp_path):
     # val/acc is never above 1.01, so the threshold pruner stops every trial after its first validation
-    pruner = {"type": "threshold", "lower": 1.01}
+    pruner = {"class_path": "ThresholdPruner", "init_args": {"lower": 1.01}}
     path = write_study(tmp_path, "pruned", n_trials=2, pruner=pruner, overrides={"trainer.max_epochs": 3})
-    sweep.main([str(path)])
+    sweep(str(path))
     study = stored_study(path)
     assert states(study) == {"PRUNED": 2}
     for trial in study.trials:
@@ -324,7 +386,17 @@ def test_pruned_trials_are_recorded_as_pruned_and_count_towards_the_budget(tmp_p
         assert 0.0 <= trial.intermediate_values[0] <= 1.0
 
 
-def test_summary_prints_the_pareto_front_and_writes_figure_and_tables(tmp_path, capsys):
+def pareto_front(points: list[tuple[float, float]]) -> set[tuple[float, float]]:
+    """The (parameters, accuracy) points no other point beats: no more parameters and higher accuracy, or fewer
+    parameters and no lower accuracy."""
+    return {
+        (x, y)
+        for x, y in points
+        if not any((u <= x and v > y) or (u < x and v >= y) for u, v in points)
+    }
+
+
+def test_report_prints_the_pareto_front_and_writes_figure_and_tables_beside_the_runs(tmp_path, capsys):
     objectives = [
         {"metric": "val/acc_best", "direction": "maximize"},
         {"metric": "params/total", "direction": "minimize"},
@@ -334,23 +406,23 @@ def test_summary_prints_the_pareto_front_and_writes_figure_and_tables(tmp_path, 
         "model.net.init_args.n_qubits": {"type": "int", "low": 2, "high": 4},
     }
     path = write_study(tmp_path, "front", n_trials=3, objectives=objectives, space=space)
-    sweep.main([str(path)])
+    sweep(str(path))
     capsys.readouterr()
-    sweep.main([str(path), "--summary"])
+    report(str(path))
     out = capsys.readouterr().out
-    assert "Pareto front" in out and "re-run trial" in out and "sqdr fit --config" in out
-    png = Path("results/figures/front_pareto.png")
+    assert "Pareto front" in out and "re-run trial" in out and "OMP_NUM_THREADS=1 sqdr fit --config" in out
+    png = Path("runs/front/report/figures/front_pareto.png")
     assert f"wrote {png}" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    import pandas as pd
-
-    table = pd.read_csv("results/tables/front.csv")
+    assert not Path("results").exists()  # the committed results change only with --out results
+    table = pd.read_csv("runs/front/report/tables/front.csv")
     assert len(table) == 3 and set(table.state) == {"COMPLETE"}
     assert set(table.n_qubits) <= {2, 3, 4} and (table["params/total"] > 0).all()
     front = table[table.best]
     points = list(zip(table["params/total"], table["val/acc_best"]))
-    assert {points[i] for i in pareto_front(points)} == set(zip(front["params/total"], front["val/acc_best"]))
-    assert Path("results/tables/front.md").read_text().startswith("| trial | state | best | val/acc_best |")
+    assert pareto_front(points) == set(zip(front["params/total"], front["val/acc_best"]))
+    header = Path("runs/front/report/tables/front.md").read_text().splitlines()[0]
+    assert [cell.strip() for cell in header.strip("|").split("|")][:4] == ["trial", "state", "best", "val/acc_best"]
 
 
 def test_noise_study_sweeps_a_grid_of_levels_and_plots_accuracy_vs_noise(tmp_path, capsys):
@@ -358,20 +430,54 @@ def test_noise_study_sweeps_a_grid_of_levels_and_plots_accuracy_vs_noise(tmp_pat
         tmp_path,
         "noise",
         n_trials=2,
-        sampler={"type": "grid", "seed": 0},
+        sampler={"class_path": "GridSampler", "init_args": {"seed": 0}},
         space={"model.net.init_args.noise.depolarizing": {"type": "float", "low": 0.0, "high": 0.1, "step": 0.1}},
     )
-    sweep.main([str(path)])
+    sweep(str(path))
     study = stored_study(path)
     assert sorted(t.params["model.net.init_args.noise.depolarizing"] for t in study.trials) == [0.0, 0.1]
-    sweep.main([str(path), "--summary"])
-    assert "wrote results/figures/noise_noise.png" in capsys.readouterr().out
+    report(str(path), "--out", "results")
+    out = capsys.readouterr().out
+    assert "wrote results/figures/noise_noise.png" in out and "wrote results/figures/noise_history.png" in out
     assert Path("results/figures/noise_noise.png").stat().st_size > 10_000
+    assert not Path("results/figures/noise_pareto.png").exists()  # one objective: no Pareto front
+
+
+@pytest.mark.filterwarnings("ignore:The metric 'val/never_logged' is not in the evaluation logs")
+def test_failed_trials_leave_a_failed_marker_and_the_report_shows_no_result(tmp_path, capsys):
+    objectives = [{"metric": "val/never_logged", "direction": "maximize"}]
+    path = write_study(tmp_path, "broken", n_trials=1, objectives=objectives)
+    with pytest.raises(SystemExit) as exit_info:
+        sweep(str(path))
+    assert exit_info.value.code == 1  # the worker stops after 3 failed trials in a row
+    study = stored_study(path)
+    assert states(study) == {"FAIL": 3}
+    for trial in study.trials:
+        assert "were not logged" in Path(trial.user_attrs["run_dir"], FAILED_MARKER).read_text()
+    report("runs/broken")
+    table = pd.read_csv("runs/broken/report/tables/broken.csv")
+    assert set(table.status) == {"failed"} and table["val/acc"].isna().all()
+
+
+def test_a_trial_re_run_alone_in_another_process_gives_identical_metrics(tmp_path):
+    # the sweep runs in this process (PyTorch's default thread count), the re-run in a fresh one with the
+    # trial's stored command: the study's fixed `threads` makes them the same computation
+    path = write_study(tmp_path, "same", n_trials=1, overrides=LONGER_TRIALS)
+    sweep(str(path))
+    (trial,) = stored_study(path).trials
+    assert trial.user_attrs["command"].startswith("OMP_NUM_THREADS=1 sqdr fit --config ")
+    env = {**os.environ, "PATH": f"{Path(SQDR).parent}:{os.environ['PATH']}"}
+    subprocess.run(["bash", "-c", trial.user_attrs["command"] + " --runs_dir rerun"], check=True, env=env)
+    original = pd.read_csv(Path(trial.user_attrs["run_dir"], "metrics.csv"))
+    rerun = pd.read_csv(tmp_path / "rerun/trial_0/version_0/metrics.csv")
+    results = [column for column in original.columns if not column.endswith("_per_s")]  # speed is not a result
+    assert {"train/loss", "val/acc", "val/loss"} <= set(results)
+    pd.testing.assert_frame_equal(original[results], rerun[results], check_exact=True)
 
 
 def test_wandb_trials_each_write_one_offline_run_in_their_run_directory(tmp_path):
     path = write_study(tmp_path, "wb", n_trials=2)
-    sweep.main([str(path), "--wandb"])
+    sweep(str(path), "--wandb")
     study = stored_study(path)
     for trial in study.trials:
         assert trial.user_attrs["cli_args"][-4:] == ["--logger", "wandb", "--wandb_group", "wb"]
@@ -383,8 +489,8 @@ def test_wandb_trials_each_write_one_offline_run_in_their_run_directory(tmp_path
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "sweeps").glob("*.yaml")))
 def test_shipped_study_files_build_a_trial(name, monkeypatch):
     monkeypatch.chdir(REPO)
-    spec = sweep.load_study_file(Path("sweeps") / name)
-    sweep.validate_trial_args(spec)
+    spec = load_study_file(Path("sweeps") / name)
+    validate_trial_args(spec)
     assert spec.n_trials >= 6
 
 
@@ -401,7 +507,7 @@ def test_wandb_sweep_files_pass_arguments_the_fit_cli_accepts(name, monkeypatch)
     swept = [f"--{key}={_first(spec)}" for key, spec in config["parameters"].items()]
     cli = make_cli(fixed + swept + ["--runs_dir", "unused"], run=False)
     assert cli.model.net.parameter_counts()["total"] > 0
-    twin = sweep.load_study_file(Path("sweeps") / name)  # the Optuna study of the same name: same keys
+    twin = load_study_file(Path("sweeps") / name)  # the Optuna study of the same name: same keys
     assert set(config["parameters"]) == set(twin.overrides) | set(twin.space)
 
 
