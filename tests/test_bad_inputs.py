@@ -53,10 +53,11 @@ def bad_cases(runs: Path, scratch: Path) -> list[tuple[str, list[str], tuple[str
     fit = ["fit", *tiny_run_args(scratch / "runs")]
     return [
         ("abbreviated option", [*fit, "--trainer.max_ep", "2"], ("max_ep",)),
-        ("negative qubit count", [*fit, "--model.net.init_args.n_qubits", "-1"], ("n_qubits must be at least 1",)),
+        ("negative qubit count", [*fit, "--model.net.init_args.n_qubits", "-1"], ("n_qubits", "-1")),
         ("unknown engine", [*fit, "--model.net.init_args.engine", "qiskit"], ("engine",)),
         ("unknown noise preset", [*fit, "--model.net.init_args.noise", "loud"], ("Unknown noise preset 'loud'",)),
-        ("infinite learning rate", [*fit, "--model.lr", "1e400"], ("lr must be a positive, finite",)),
+        ("negative learning rate", [*fit, "--model.lr", "-0.01"], ("lr must be a positive, finite",)),
+        ("overflowing learning rate", [*fit, "--model.lr", "1e400"], ("learning rate",)),
         ("runs dir is a file", [*fit, "--runs_dir", str(a_file)], ("cannot write to", str(a_file))),
         ("old optimizer syntax", [*fit, "--config", str(old_syntax)], ("earlier release", "torch.optim.Adam")),
         ("missing config file", ["fit", "--config", str(scratch / "nope.yaml")], ("nope.yaml",)),

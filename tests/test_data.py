@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from jsonargparse import ArgumentParser
-from torchvision import datasets
+from torchvision import datasets, transforms
 
 import sqdr.data.vision
 from sqdr.data import (
@@ -336,3 +336,29 @@ def test_real_debian_fashion_mnist_has_60000_training_and_10000_test_images(tmp_
     assert images.shape == (256, 1, 28, 28) and 0.0 <= images.min() and images.max() <= 1.0
     assert labels.max() == 9
     assert offline == []
+
+
+def test_batches_read_from_memory_equal_torchvision_to_tensor_images_one_at_a_time(tmp_path):
+    write_mnist_layout(tmp_path / "MNIST" / "raw")
+    dm = ready(MNISTDataModule(root=str(tmp_path), batch_size=8, classes=[3, 1], image_size=14, channels=3))
+    reference = datasets.MNIST(str(tmp_path), train=False, transform=transforms.ToTensor())
+    images, labels = next(iter(dm.test_dataloader()))
+    rows = dm.data_test.indices.tolist()
+    expected = torch.stack([dm.data_test.transform(reference[i][0]) for i in rows])
+    assert images.shape == (4, 3, 14, 14) and images.dtype == torch.float32
+    assert torch.equal(images, expected)
+    assert labels.tolist() == [{3: 0, 1: 1}[int(reference.targets[i])] for i in rows] == [1, 0, 1, 0]
+    assert [dm.data_test[k][1] for k in range(4)] == labels.tolist()
+
+
+def test_batched_training_flip_is_drawn_per_image_and_keeps_the_split(tmp_path):
+    write_mnist_layout(tmp_path / "MNIST" / "raw")
+    plain = ready(MNISTDataModule(root=str(tmp_path), batch_size=36))
+    flipped = ready(MNISTDataModule(root=str(tmp_path), batch_size=36, augment=True))
+    torch.manual_seed(1)
+    images, _ = next(iter(flipped.train_dataloader()))
+    ids = sorted(image_ids(images.maximum(images.flip(-1))))  # a flip moves the id pixel; max restores it
+    assert ids == sorted(image_ids(next(iter(plain.train_dataloader()))[0]))  # the same 36 images
+    corners = images[:, 0, 0, 27] == 1.0
+    assert 5 <= int(corners.sum()) <= 31  # some flipped, some not: one draw per image, not per batch
+    assert torch.equal(images[corners, 0, 0, 0], torch.zeros(int(corners.sum())))

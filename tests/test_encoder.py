@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from sqdr.models.coding import CODERS, phase_code
 from sqdr.models.conv import narrow_conv3x3
-from sqdr.models.encoder import ReferenceSpikingEncoder, SpikingEncoder, make_neuron, run_neuron
+from sqdr.models.encoder import EVAL_CHUNK, ReferenceSpikingEncoder, SpikingEncoder, make_neuron, run_neuron
 from sqdr.models.neurons import spiking_neurons
 
 SURROGATES = ["atan", "fast_sigmoid", "sigmoid", "triangular", "straight_through"]
@@ -153,3 +153,22 @@ def test_phase_coding_matches_the_bitwise_definition_for_every_8_bit_level():
         bit = step % 8
         expected = ((levels >> (7 - bit)) & 1).double() * 2.0 ** -(bit + 1)
         assert torch.equal(frames[step], expected)
+
+
+def test_large_evaluation_batch_in_chunks_equals_one_pass_and_each_sample_alone():
+    torch.manual_seed(13)
+    encoder = SpikingEncoder(in_channels=1, out_features=6, channels=[3, 4, 6]).double().eval()
+    with torch.no_grad():
+        for norm in encoder.norms:  # running statistics that are not the identity
+            norm.running_mean.uniform_(-0.2, 0.2)
+            norm.running_var.uniform_(0.5, 1.5)
+    batch = EVAL_CHUNK * 2 + 5
+    frames = phase_code(torch.rand(batch, 1, 8, 8, dtype=torch.float64), 10)
+    with torch.no_grad():
+        chunked = encoder(frames)
+        whole = encoder._encode(frames)
+        alone = torch.cat([encoder._encode(frames[:, i : i + 1]) for i in (0, EVAL_CHUNK, batch - 1)])
+    assert chunked.shape == (batch, 6)
+    assert torch.equal(chunked, whole)
+    assert torch.equal(chunked[[0, EVAL_CHUNK, batch - 1]], alone)
+    assert 0 < chunked.mean() < 1

@@ -7,12 +7,12 @@ Subclasses only say how to read their data set (``_load``) and what it looks lik
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset, default_collate
 from torchvision.transforms import v2
 
 from sqdr.errors import UserError
@@ -22,25 +22,69 @@ class DatasetNotFoundError(UserError):
     """A data set is neither on disk nor downloadable; the message says which files go where and how to get them."""
 
 
+def as_float_images(images: Tensor) -> Tensor:
+    """8-bit images as floats in [0, 1], exactly as torchvision's ``ToTensor`` makes them; float images as they are."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images
+
+
 class SplitDataset(Dataset):
     """Some samples of a base data set, with the split's own transform and the class-subset label map.
 
     The splits share one base data set, so train, validation and test differ only in indices and transform
-    (augmentation on train only) without loading anything twice.
+    (augmentation on train only) without loading anything twice. ``flip`` flips each image horizontally with
+    probability 1/2 (the training augmentation), drawn from the global random state like torchvision's
+    ``RandomHorizontalFlip``.
+
+    A base that is a ``TensorDataset`` of images ``(N, C, H, W)`` (``uint8`` or float) and labels is also read a
+    whole batch at a time (``__getitems__``, which ``DataLoader`` calls with a batch's indices): one indexing,
+    one conversion, one transform and one flip mask per batch instead of a dozen small operations per image.
     """
 
-    def __init__(self, base: Dataset, indices: Tensor, transform: v2.Transform, label_map: dict[int, int]) -> None:
+    def __init__(
+        self, base: Dataset, indices: Tensor, transform: v2.Transform, label_map: dict[int, int], flip: bool = False
+    ) -> None:
         self.base = base
         self.indices = indices
         self.transform = transform
         self.label_map = label_map
+        self.flip = flip
+        self.label_table = torch.full((max(label_map) + 1,), -1, dtype=torch.long)
+        self.label_table[list(label_map)] = torch.tensor(list(label_map.values()))
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         image, label = self.base[int(self.indices[index])]
-        return self.transform(image), self.label_map[int(label)]
+        image = self.transform(as_float_images(image))
+        if self.flip and torch.rand(1) < 0.5:
+            image = image.flip(-1)
+        return image, self.label_map[int(label)]
+
+    def __getitems__(self, indices: list[int]) -> Batch | list[tuple[Tensor, int]]:
+        if not isinstance(self.base, TensorDataset):
+            return [self[i] for i in indices]
+        images, labels = self.base.tensors
+        rows = self.indices[indices]
+        batch = self.transform(as_float_images(images[rows]))
+        if self.flip:
+            flipped = torch.rand(len(rows)) < 0.5
+            batch = torch.where(flipped.view(-1, 1, 1, 1), batch.flip(-1), batch)
+        return Batch(batch, self.label_table[labels[rows].long()])
+
+
+class Batch(NamedTuple):
+    """A whole batch read at once by :meth:`SplitDataset.__getitems__`; :func:`collate` passes it through."""
+
+    images: Tensor
+    labels: Tensor
+
+
+def collate(samples: Batch | list) -> list[Tensor]:
+    """``[images, labels]`` as ``default_collate`` returns them, from a ready :class:`Batch` or a list of samples."""
+    if isinstance(samples, Batch):
+        return [samples.images, samples.labels]
+    return default_collate(samples)
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -150,10 +194,11 @@ class ImageDataModule(L.LightningDataModule):
 
     def _split(self, base: Dataset, indices: Tensor, train: bool) -> SplitDataset:
         label_map = {label: new for new, label in enumerate(self._kept_classes)}
-        return SplitDataset(base, indices, self._transform(train), label_map)
+        return SplitDataset(base, indices, self._transform(), label_map, flip=train and self.hparams.augment)
 
-    def _transform(self, train: bool) -> v2.Transform:
-        """Channel conversion around the resize (RGB -> gray before, gray -> RGB after: less work), then flips."""
+    def _transform(self) -> v2.Transform:
+        """Channel conversion around the resize (RGB -> gray before, gray -> RGB after: less work). Works on one
+        image ``(C, H, W)`` or a batch ``(B, C, H, W)`` alike; the training flip is :class:`SplitDataset`'s."""
         steps: list[v2.Transform] = []
         if self.native_channels == 3 and self.in_channels == 1:
             steps.append(v2.Grayscale(num_output_channels=1))
@@ -161,8 +206,6 @@ class ImageDataModule(L.LightningDataModule):
             steps.append(v2.Resize([self.image_hw, self.image_hw], antialias=True))
         if self.native_channels == 1 and self.in_channels == 3:
             steps.append(v2.RGB())
-        if train and self.hparams.augment:
-            steps.append(v2.RandomHorizontalFlip())
         return v2.Compose(steps) if steps else v2.Identity()
 
     def train_dataloader(self) -> DataLoader:
@@ -193,6 +236,7 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=h.num_workers,
             pin_memory=h.pin_memory,
             persistent_workers=h.num_workers > 0,
+            collate_fn=collate,
             # Its own generator: starting an epoch then draws no number from the global random state, which
             # the model's random steps (rate coding, flips, shots) use and checkpoints restore.
             generator=torch.Generator().manual_seed(h.seed),

@@ -14,8 +14,8 @@ from urllib.error import URLError
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
-from torchvision import datasets, transforms
+from torch.utils.data import Dataset, TensorDataset
+from torchvision import datasets
 from torchvision.datasets.utils import check_integrity, extract_archive
 
 from sqdr.data.base import DatasetNotFoundError, ImageDataModule
@@ -76,15 +76,18 @@ class TorchvisionDataModule(ImageDataModule):
         super().setup(stage)
 
     def _load(self, train: bool) -> tuple[Dataset, Tensor]:
+        """The images as one ``uint8`` tensor ``(N, C, H, W)`` in memory (converted to floats a batch at a time, as
+        ``ToTensor`` would one image at a time), read by torchvision's own parser."""
         try:
-            dataset = self.dataset_class(self.hparams.root, train=train, transform=transforms.ToTensor())
+            dataset = self.dataset_class(self.hparams.root, train=train)
         except DAMAGED_FILE_ERRORS as error:
             raise UserError(
                 f"{self.dataset_class.__name__} files in {self.folder} are damaged ({error or type(error).__name__}); "
                 f"delete them and fetch them again: run once with network access and download=True, or "
                 f"{self._how_to_get()}."
             ) from None
-        return dataset, torch.as_tensor(dataset.targets)
+        targets = torch.as_tensor(dataset.targets)
+        return TensorDataset(image_tensor(dataset.data), targets), targets
 
     def _not_found(self, reason: str) -> DatasetNotFoundError:
         name = self.dataset_class.__name__
@@ -179,6 +182,12 @@ class CIFAR10DataModule(TorchvisionDataModule):
 
     def _how_to_get(self) -> str:
         return f"download {self.dataset_class.url} and unpack it into {self.folder.parent}"
+
+
+def image_tensor(data) -> Tensor:
+    """torchvision's in-memory images (MNIST: ``(N, H, W)`` tensor; CIFAR: ``(N, H, W, C)`` array) as ``(N, C, H, W)``."""
+    images = torch.as_tensor(data)
+    return images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2).contiguous()
 
 
 def _gunzip(archive: Path, target: Path) -> None:
