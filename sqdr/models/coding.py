@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from snntorch import spikegen
 from torch import nn
 
 SpikeCoding = Literal["phase", "rate", "direct"]
@@ -37,9 +38,9 @@ def phase_code(images: torch.Tensor, time_steps: int) -> torch.Tensor:
 
 
 def rate_code(images: torch.Tensor, time_steps: int) -> torch.Tensor:
-    """Bernoulli rate coding: at each step a pixel fires with probability equal to its value."""
-    probabilities = images.clamp(0.0, 1.0).unsqueeze(0).expand(time_steps, *images.shape)
-    return torch.bernoulli(probabilities)
+    """Bernoulli rate coding (snnTorch's ``spikegen.rate``): at each step a pixel fires with probability equal
+    to its value."""
+    return spikegen.rate(images.clamp(0.0, 1.0), num_steps=time_steps)
 
 
 def direct_code(images: torch.Tensor, time_steps: int) -> torch.Tensor:
