@@ -1,0 +1,120 @@
+"""``sqdr reproduce``: its options (a typed dataclass parsed by jsonargparse) and its steps.
+
+Steps: read the experiment set and the published results (mistakes cost seconds, not a training run), train or
+collect every run, write tables and figures, run the noise study of the paper model, print where it all is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
+from jsonargparse.typing import PositiveInt
+
+from sqdr.errors import UserError
+from sqdr.files import check_writable
+from sqdr.reproduce.plan import Plan, load_plan
+from sqdr.reproduce.report import read_published, write_report
+from sqdr.reproduce.runner import Record, execute
+
+EXAMPLES = """examples:
+  sqdr reproduce                                   # the quick budget: under 30 minutes on 2 CPU cores, offline
+  sqdr reproduce --budget paper                    # the full protocol (downloads MNIST, KMNIST, CIFAR-10 once)
+  sqdr reproduce --seeds '[0, 1, 2, 3, 4]' --out /tmp/results
+"""
+
+
+@dataclass(frozen=True)
+class ReproduceOptions:
+    """Which experiment set to train, where its runs and results go.
+
+    Args:
+        budget: A budget of the experiment set; the shipped one has 'quick' (small data, few epochs, offline)
+            and 'paper' (the full protocol). The budget
+            defines the data sets, their sizes and epochs, the variants and the seeds.
+        experiments: The experiment-set file: model variants as overrides of `sqdr fit` options, and per budget
+            the data sets (config, overrides, variants), seeds and noise study.
+        published: CSV of published spiking networks (dataset, model, accuracy, params, source) that the
+            tables compare with.
+        seeds: Seeds to train, overriding the budget's (at least 3 for a mean and standard deviation).
+        runs_dir: Run directories go to <runs_dir>/<budget>/<data set>/<variant>/seed_<s>/; a run with a
+            result.json there is collected instead of trained again.
+        out: Tables go to <out>/tables/reproduce_<budget>*.csv|md, figures to <out>/figures/, the noise study to
+            <out>/noise_<data set>/.
+        threads: Intra-op threads of every run (results depend on it: PyTorch splits sums by thread count).
+        noise: Run the noise study of the paper model (seed 0) after training.
+    """
+
+    budget: str = "quick"
+    experiments: str = "conf/reproduce/experiments.yaml"
+    published: str = "conf/reproduce/published_snn.csv"
+    seeds: list[int] | None = None
+    runs_dir: str = "runs/reproduce"
+    out: str = "results/reproduce"
+    threads: PositiveInt = 1
+    noise: bool = True
+
+
+class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help, with the examples below it kept one command per line."""
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="sqdr reproduce",
+        description="The paper's evaluation with baselines and ablations, over seeds, resumable: finished runs are "
+        "collected, interrupted ones trained again; then tables and figures.",
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="A YAML file of these options.")
+    parser.add_class_arguments(ReproduceOptions, as_group=False)
+    return parser
+
+
+def parse_options(argv: list[str]) -> ReproduceOptions:
+    config = build_parser().parse_args(argv)
+    return ReproduceOptions(**{option.name: config[option.name] for option in fields(ReproduceOptions)})
+
+
+def noise_study(plan: Plan, records: list[Record], out: Path) -> Path | None:
+    """The accuracy of the paper model (seed 0 of the budget's noise data set) under every noise channel."""
+    from sqdr.robustness import NoiseOptions, run
+
+    spec = dict(plan.noise or {})
+    dataset = spec.pop("dataset", None)
+    finished = [r for r in records if (r["dataset"], r["variant"], r["status"]) == (dataset, "paper", "done")]
+    if not finished:
+        return None
+    folder = out / f"noise_{dataset}"
+    run(NoiseOptions(ckpt=finished[0]["run_dir"], out=str(folder), preset="paper", **spec))
+    return folder
+
+
+def reproduce(options: ReproduceOptions) -> list[Record]:
+    plan = load_plan(options.experiments, options.budget, options.runs_dir, options.seeds)
+    published = read_published(options.published)
+    out = check_writable(options.out)
+    if not plan.runs:
+        raise UserError(f"{options.experiments}: budget {options.budget} has no runs (no data sets or variants).")
+    print(f"reproduce {plan.budget}: {len(plan.runs)} runs" + (f" ({plan.about})" if plan.about else ""), flush=True)
+    started = time.monotonic()
+    records = execute(plan, options.threads, say=lambda line: print(f"reproduce {line}", flush=True))
+    written = write_report(records, published, out, plan.budget)
+    noise = noise_study(plan, records, out) if options.noise and plan.noise else None
+    done = sum(r["status"] == "done" for r in records)
+    print(f"\nreproduce {plan.budget}: {done} of {len(records)} runs finished in {time.monotonic() - started:.0f} s")
+    for path in written:
+        print(f"wrote {path}")
+    if noise is not None:
+        print(f"noise study of the paper model: {noise}/")
+    return records
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``sqdr reproduce [options]``; user mistakes raise :class:`UserError`, which the dispatcher reports."""
+    reproduce(parse_options(list(sys.argv[1:] if argv is None else argv)))

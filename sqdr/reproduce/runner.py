@@ -1,0 +1,155 @@
+"""Training the runs of a plan, resumably: a run is finished exactly when its ``result.json`` exists.
+
+``result.json`` is written last and atomically (:mod:`sqdr.files`), after the run's test, so its presence is the
+whole truth: a run that has one is collected and never trained again; a run directory without one belongs to a
+run that was killed or failed, and is deleted and trained again from the start. A ``result.json`` of other
+``sqdr fit`` arguments (the experiment set changed since), or whose encoder came from a run trained again since,
+is out of date and treated the same way. No lock or database is involved,
+so a reproduction survives anything that kills the process, and a reader can inspect every run with the usual
+tools (``sqdr report runs/reproduce/<budget>``, ``sqdr test --config <run>/config.yaml``).
+
+A data set that is absent and cannot be downloaded makes its runs ``skipped`` with the reason; a run that fails
+(for instance diverges) is ``failed`` with the reason. Neither is recorded on disk, so both are tried again by the
+next reproduction (once the files are there, or the cause is fixed).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sqdr.data import DatasetNotFoundError
+from sqdr.errors import UserError
+from sqdr.files import write_text
+from sqdr.reproduce.plan import Plan, Run
+
+RESULT = "result.json"
+PARTS = ("encoder", "circuit", "head")
+
+Record = dict[str, Any]
+
+
+def read_result(run: Run, args: list[str]) -> Record | None:
+    """The record of ``run`` if it finished with exactly these ``sqdr fit`` arguments."""
+    path = run.directory / RESULT
+    record = json.loads(path.read_text()) if path.is_file() else None
+    return record if record is not None and record.get("args") == args else None
+
+
+def model_size(net: Any) -> dict[str, int]:
+    """Parameters per part, frozen ones included: a frozen pretrained encoder is still part of the model's size."""
+    sizes = {part: sum(p.numel() for p in getattr(net, part).parameters()) for part in PARTS}
+    return {**sizes, "total": sum(sizes.values())}
+
+
+def mean_throughput(run_dir: Path) -> float | None:
+    """The mean of the ``train/images_per_s`` values the run logged (training steps only, validation excluded)."""
+    csv = run_dir / "metrics.csv"
+    metrics = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
+    values = metrics["train/images_per_s"].dropna() if "train/images_per_s" in metrics else pd.Series(dtype=float)
+    return float(values.mean()) if len(values) else None
+
+
+def train(run: Run, args: list[str], threads: int) -> Record:
+    """Fit, test the best checkpoint, write ``result.json``; :class:`DatasetNotFoundError` before any training."""
+    import torch
+
+    from sqdr.cli import make_cli
+
+    torch.set_num_threads(threads)
+    cli = make_cli(args, run=False)
+    cli.datamodule.prepare_data()
+    started = time.monotonic()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    fit_seconds = time.monotonic() - started
+    val_acc_best = float(cli.trainer.callback_metrics["val/acc_best"])  # testing replaces the callback metrics
+    tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
+    run_dir = Path(cli.trainer.log_dir)
+    record = {
+        **identity(run),
+        "status": "done",
+        "test_acc": float(tested["test/acc"]),
+        "certified_acc": tested.get("test/acc_lightning"),
+        "val_acc_best": val_acc_best,
+        "params": model_size(cli.model.net),
+        "images_per_s": mean_throughput(run_dir),
+        "fit_seconds": round(fit_seconds, 1),
+        "run_dir": str(run_dir),
+        "args": args,
+        "command": f"OMP_NUM_THREADS={threads} sqdr fit {shlex.join(args)}",
+    }
+    write_text(run.directory / RESULT, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def identity(run: Run) -> Record:
+    return {"dataset": run.dataset.name, "variant": run.variant.name, "group": run.variant.group, "seed": run.seed}
+
+
+def execute(
+    plan: Plan, threads: int, say: Callable[[str], None] = print, fit: Callable[[Run, list[str], int], Record] = train
+) -> list[Record]:
+    """Every run of ``plan``: collected if finished, else trained; one progress line per run."""
+    records: dict[str, Record] = {}
+    missing_data: dict[str, str] = {}
+    attempted: set[str] = set()
+    for index, run in enumerate(plan.runs, 1):
+        dependency = plan.dependency(run)
+        args = run.fit_args(dependency.directory if dependency else None)
+        fresh_encoder = dependency is not None and dependency.name in attempted
+        record = None if fresh_encoder else read_result(run, args)
+        collected = record is not None
+        if record is None:
+            source = records[dependency.name] if dependency else None
+            record = _attempt(run, args, source, missing_data, threads, fit)
+            attempted.add(run.name)
+        records[run.name] = record
+        say(f"[{index}/{len(plan.runs)}] {run.name}: {describe(record, collected)}")
+    return list(records.values())
+
+
+def _attempt(
+    run: Run, args: list[str], source: Record | None, missing_data: dict[str, str], threads: int, fit: Callable
+) -> Record:
+    """Train ``run`` unless its data or the run its encoder comes from (``source``) is missing; the reason of a
+    skip or failure is kept."""
+    if run.dataset.name in missing_data:
+        return {**identity(run), "status": "skipped", "reason": missing_data[run.dataset.name]}
+    if source is not None and source["status"] != "done":
+        name = f"{source['dataset']}/{source['variant']}/seed_{source['seed']}"
+        return {**identity(run), "status": "skipped", "reason": f"needs {name}, which did not finish"}
+    if run.directory.exists():
+        shutil.rmtree(run.directory)  # left by a killed or failed attempt, or out of date: start over
+    try:
+        record = fit(run, args, threads)
+    except DatasetNotFoundError as error:
+        shutil.rmtree(run.directory, ignore_errors=True)
+        missing_data[run.dataset.name] = str(error)
+        return {**identity(run), "status": "skipped", "reason": str(error)}
+    except (UserError, ValueError, RuntimeError) as error:
+        write_text(run.directory / "FAILED", "".join(traceback.format_exception(error)))
+        return {**identity(run), "status": "failed", "reason": f"{type(error).__name__}: {error}"}
+    return record
+
+
+def headline(reason: str) -> str:
+    """What went wrong, without how to fix it (``A is missing from X: copy ...`` -> ``A is missing from X``), for
+    progress lines and tables; the runs CSV keeps the whole reason."""
+    return reason.splitlines()[0].split(": ")[0]
+
+
+def describe(record: Record, collected: bool) -> str:
+    """The progress line of one run."""
+    if record["status"] != "done":
+        return f"{record['status']}: {headline(record['reason'])}"
+    speed = f", {record['images_per_s']:.0f} images/s" if record.get("images_per_s") else ""
+    how = "collected" if collected else f"trained in {record['fit_seconds']:.0f} s"
+    return f"test accuracy {record['test_acc']:.2%} ({record['params']['total']} parameters{speed}; {how})"
