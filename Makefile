@@ -20,7 +20,7 @@ $(BIN)/sqdr: pyproject.toml
 
 install: $(BIN)/sqdr ## create .venv/ and install sqdr with its test tools
 
-test: install ## the default test suite (no network; under 15 minutes on 2 cores)
+test: install ## the default test suite (no network; about 7 CPU-minutes, 15 minutes on 2 busy cores)
 	$(BIN)/pytest -q
 
 test-slow: install ## the slow tests: every engine against PennyLane at the paper size (9 qubits)
