@@ -65,8 +65,12 @@ class SQDRModule(L.LightningModule):
         circuit_lr: learning rate of the circuit's angles (defaults to ``lr``); quantum angles often want
             a larger rate than convolution weights.
         weight_decay: applied to the classical parts only (decaying rotation angles towards 0 has no meaning).
-        scheduler: a learning-rate scheduler class and its options (none by default), stepped once per epoch,
-            e.g. ``{class_path: torch.optim.lr_scheduler.CosineAnnealingLR, init_args: {T_max: 15}}``.
+        scheduler: a learning-rate scheduler class and its options (none by default), stepped as
+            ``scheduler_interval`` says, e.g. ``{class_path: torch.optim.lr_scheduler.CosineAnnealingLR,
+            init_args: {T_max: 15}}``.
+        scheduler_interval: ``epoch`` steps the scheduler once per epoch, ``step`` after every optimiser step
+            (what schedules counted in steps need, e.g. ``torch.optim.lr_scheduler.OneCycleLR`` with ``max_lr``
+            ``[lr, circuit_lr]`` and ``total_steps`` = batches per epoch x ``max_epochs``).
         certify_engine: engine that re-scores the trained model on the test set: ``auto`` picks
             ``lightning`` (or ``default.mixed`` for a noisy model); ``none`` turns certification off.
         certify_samples: how many test samples to certify (the first N, or ``all``); ``auto`` takes 128 on a
@@ -88,12 +92,16 @@ class SQDRModule(L.LightningModule):
         circuit_lr: float | None = None,
         weight_decay: float = 0.0,
         scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
         certify_engine: CertifyEngine = "auto",
         certify_samples: int | Literal["auto", "all"] = "auto",
         freeze_encoder: bool = False,
         encoder_from: str | None = None,
     ) -> None:
         super().__init__()
+        for name, rate in (("lr", lr), ("circuit_lr", circuit_lr)):
+            if rate is not None and not (math.isfinite(rate) and rate > 0):
+                raise ValueError(f"{name} must be a positive, finite learning rate, got {rate}.")
         circuit = net.quantum_circuit
         if circuit is None:
             self.certification = Certification("none", certify_samples, None)
@@ -142,13 +150,6 @@ class SQDRModule(L.LightningModule):
             "versions": package_versions(),
         }
 
-    def train(self, mode: bool = True) -> SQDRModule:
-        """A frozen encoder stays in evaluation mode, so its batch-norm statistics stay those it was trained with."""
-        super().train(mode)
-        if self.hparams.freeze_encoder:
-            self.net.encoder.eval()
-        return self
-
     def load_encoder(self, source: str) -> None:
         """Copy the ``net.encoder`` weights of the checkpoint ``source`` points to into this encoder."""
         checkpoint = find_checkpoint(source)
@@ -190,6 +191,12 @@ class SQDRModule(L.LightningModule):
             self._resumed_rng = None
         else:
             self.val_acc_best.reset()
+
+    def on_train_epoch_start(self) -> None:
+        """A frozen encoder runs in evaluation mode, so its batch-norm statistics stay those it was trained with
+        (Lightning puts every module in training mode before this hook and restores modes after validation)."""
+        if self.hparams.freeze_encoder:
+            self.net.encoder.eval()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, preds, labels = self.model_step(batch)
@@ -245,4 +252,5 @@ class SQDRModule(L.LightningModule):
         )
         if self.scheduler is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler(optimizer), "interval": "epoch"}}
+        schedule = {"scheduler": self.scheduler(optimizer), "interval": hp.scheduler_interval}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sqdr.models.coding import CODERS, phase_code
+from sqdr.models.coding import CODERS, direct_code, phase_code
 from sqdr.models.conv import narrow_conv3x3
 from sqdr.models.encoder import EVAL_CHUNK, ReferenceSpikingEncoder, SpikingEncoder, make_neuron, run_neuron
 from sqdr.models.neurons import spiking_neurons
@@ -97,6 +97,38 @@ def test_fast_encoder_in_float32_stays_close_to_reference():
     assert (rates != ref_rates).float().mean() < 0.01
     for name in grads:
         assert torch.allclose(grads[name], ref_grads[name], rtol=0.05, atol=1e-3 * ref_grads[name].abs().max()), name
+
+
+@pytest.mark.parametrize(
+    "options, channels, features",
+    [
+        ({"projection": "spatial"}, [3, 4, 3], 12),  # 8x8 images: the last stage is 2x2, one cell per qubit
+        ({"project_norm": "bn"}, [3, 4, 6], 6),
+        ({"project_norm": "bn_affine"}, [3, 4, 6], 6),
+    ],
+)
+def test_fast_encoder_matches_reference_with_projection_options(options, channels, features):
+    torch.manual_seed(13)
+    fast = SpikingEncoder(in_channels=1, out_features=features, channels=channels, **options).double()
+    reference = ReferenceSpikingEncoder(in_channels=1, out_features=features, channels=channels, **options).double()
+    reference.load_state_dict(fast.state_dict())
+    frames = direct_code(torch.rand(5, 1, 8, 8, dtype=torch.float64), 6)
+    weights = torch.randn(5, features, dtype=torch.float64)
+    rates, frame_grad, grads = run(fast, frames, weights)
+    ref_rates, ref_frame_grad, ref_grads = run(reference, frames, weights)
+    assert torch.equal(rates, ref_rates)
+    assert 0 < rates.mean() < 1
+    assert_close(frame_grad, ref_frame_grad, "input gradient")
+    for name in grads:
+        assert_close(grads[name], ref_grads[name], name)
+
+
+def test_project_norm_bn_adds_statistics_but_no_parameters():
+    plain, normed = SpikingEncoder(), SpikingEncoder(project_norm="bn")
+    assert sum(p.numel() for p in normed.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert set(normed.state_dict()) - set(plain.state_dict()) == {
+        f"project_norm.{key}" for key in ("running_mean", "running_var", "num_batches_tracked")
+    }
 
 
 def test_fast_and_reference_encoders_share_state_dict_keys():

@@ -10,25 +10,29 @@ from sqdr.models.circuit import ReuploadCircuit
 TOLERANCE = 1e-5
 
 
-def run_engine(circuit: ReuploadCircuit, engine: str, features: torch.Tensor):
-    """Outputs, input gradient and weight gradient of a weighted sum of ``<Z_i>`` under ``engine``."""
+def run_engine(circuit: ReuploadCircuit, engine: str, features: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Outputs, input gradient and every parameter's gradient of a weighted sum of the outputs under ``engine``."""
     circuit = circuit.with_engine(engine, noise=circuit.spec.noise)
     circuit.zero_grad()
     features = features.clone().requires_grad_(True)
     expectations = circuit(features)
     weights = torch.linspace(-1.0, 1.0, expectations.shape[1], dtype=expectations.dtype)
     (expectations * weights).sum().backward()
-    return expectations.detach(), features.grad, circuit.weights.grad.clone()
+    grads = {f"{name} gradient": p.grad.clone() for name, p in circuit.named_parameters()}
+    return {"outputs": expectations.detach(), "input gradient": features.grad, **grads}
 
 
 def assert_engines_agree(circuit: ReuploadCircuit, reference: str, features: torch.Tensor) -> None:
     fused = run_engine(circuit, "fused", features)
     other = run_engine(circuit, reference, features)
-    for name, a, b in zip(("outputs", "input gradient", "weight gradient"), fused, other):
+    assert fused.keys() == other.keys()
+    assert fused["outputs"].shape == (len(features), circuit.n_outputs)
+    for name, a in fused.items():
+        b = other[name]
         assert a.shape == b.shape
         assert torch.allclose(a, b, atol=TOLERANCE, rtol=0), f"{name} differ by {(a - b).abs().max():.2e}"
-    assert fused[0].abs().max() <= 1.0 + 1e-12
-    assert fused[1].abs().sum() > 0 and fused[2].abs().sum() > 0
+        assert name == "outputs" or a.abs().sum() > 0, f"{name} is zero"
+    assert fused["outputs"].abs().max() <= 1.0 + 1e-12
 
 
 @pytest.mark.parametrize(
@@ -65,6 +69,77 @@ def test_fused_engine_matches_pennylane_with_feature_scale():
     assert_engines_agree(circuit, "default.qubit", torch.rand(4, 9, dtype=torch.float64))
 
 
+@pytest.mark.parametrize(
+    "n_qubits, n_blocks, entangler", [(2, 1, "chain"), (3, 2, "ring"), (9, 2, "chain"), (4, 3, "chain")]
+)
+@pytest.mark.parametrize("reference", ["lightning", "default.qubit"])
+def test_xyz_readout_matches_pennylane_outputs_and_gradients(n_qubits, n_blocks, entangler, reference):
+    """One block (no entangler), two (the O(n) marginals) and three (the full state): every path of ``fused``."""
+    torch.manual_seed(100 + n_qubits * 10 + n_blocks)
+    circuit = ReuploadCircuit(n_qubits, n_blocks, entangler, init="uniform", readout="xyz").double()
+    assert_engines_agree(circuit, reference, torch.rand(3, 3 * n_qubits, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("noise, n_blocks", [("paper", 2), ({"depolarizing": 0.05, "amplitude_damping": 0.1}, 3)])
+def test_xyz_readout_of_noisy_circuit_matches_default_mixed(noise, n_blocks):
+    torch.manual_seed(n_blocks)
+    circuit = ReuploadCircuit(3, n_blocks, "ring", noise=noise, init="uniform", readout="xyz").double()
+    assert_engines_agree(circuit, "default.mixed", torch.rand(2, 9, dtype=torch.float64))
+
+
+def test_learned_angle_scale_and_offset_match_pennylane():
+    torch.manual_seed(4)
+    circuit = ReuploadCircuit(
+        4, 2, "chain", feature_scale=3.14159, angle_offset=0.3, learn_angle_scale=True, learn_angle_offset=True,
+        readout="xyz",
+    ).double()
+    with torch.no_grad():  # distinct per-feature values, so a mix-up of features would show
+        circuit.angle_scale.add_(torch.rand(12, dtype=torch.float64))
+        circuit.angle_offset.add_(torch.rand(12, dtype=torch.float64))
+    assert_engines_agree(circuit, "lightning", torch.rand(3, 12, dtype=torch.float64))
+
+
+def test_xyz_readout_starts_with_the_z_readout():
+    torch.manual_seed(5)
+    z = ReuploadCircuit(5, 3, "ring").double()
+    xyz = ReuploadCircuit(5, 3, "ring", readout="xyz").double()
+    xyz.load_state_dict(z.state_dict())
+    features = torch.rand(4, 15, dtype=torch.float64)
+    both = xyz(features)
+    assert both.shape == (4, 15)
+    assert torch.equal(both[:, :5], z(features))
+    # Every qubit's Bloch vector (<X>, <Y>, <Z>) has length at most 1 (1 for a pure single-qubit state).
+    bloch = both.view(4, 3, 5).square().sum(1)
+    assert (bloch <= 1 + 1e-12).all()
+
+
+def test_learned_angles_start_at_the_fixed_values_and_train_with_the_circuit():
+    torch.manual_seed(6)
+    fixed = ReuploadCircuit(3, 2, feature_scale=2.0, angle_offset=0.5).double()
+    learned = ReuploadCircuit(3, 2, feature_scale=2.0, angle_offset=0.5, learn_angle_scale=True,
+                              learn_angle_offset=True).double()
+    learned.weights.data.copy_(fixed.weights.data)
+    features = torch.rand(4, 9, dtype=torch.float64)
+    assert torch.equal(learned(features), fixed(features))
+    assert [name for name, _ in learned.named_parameters()] == ["weights", "angle_scale", "angle_offset"]
+    assert sum(p.numel() for p in learned.parameters()) == 18 + 9 + 9
+    assert list(fixed.state_dict()) == ["weights"]  # fixed values are not state
+
+
+def test_xyz_readout_with_shots_estimates_every_pauli():
+    torch.manual_seed(7)
+    circuit = ReuploadCircuit(3, 2, readout="xyz", shots=20000).double()
+    exact = ReuploadCircuit(3, 2, readout="xyz").double()
+    exact.load_state_dict(circuit.state_dict())
+    features = torch.rand(2, 9, dtype=torch.float64)
+    assert torch.allclose(circuit(features), exact(features), atol=0.05)
+
+
+def test_unknown_readout_is_a_clear_error():
+    with pytest.raises(ValueError, match="Unknown readout 'xy'"):
+        ReuploadCircuit(2, 1, readout="xy")
+
+
 def test_single_qubit_circuit_matches_closed_form():
     # One qubit, one block, data Rot(0, a, 0) then trainable Rot(0, b, 0): <Z> = cos(a + b).
     circuit = ReuploadCircuit(1, 1, "chain").double()
@@ -93,9 +168,11 @@ def test_float32_fused_engine_stays_close_to_float64():
     assert torch.allclose(single.double(), double, atol=1e-5)
 
 
-def test_lightning_circuit_exports_to_openqasm():
-    circuit = ReuploadCircuit(3, 2, "chain", engine="lightning")
+@pytest.mark.parametrize("readout", ["z", "xyz"])
+def test_lightning_circuit_exports_to_openqasm(readout):
+    circuit = ReuploadCircuit(3, 2, "chain", engine="lightning", readout=readout)
     qasm = circuit.engine.to_openqasm(torch.rand(3, 3), circuit.weights)
+    assert " q[" in qasm and "h q[" not in qasm  # the circuit's gates only, no basis change before measuring
     assert qasm.startswith("OPENQASM 2.0")
     assert qasm.count("cz q[") == 2
     assert qasm.count("measure q[") == 3

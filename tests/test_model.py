@@ -19,6 +19,93 @@ def test_paper_configuration_has_803_parameters():
     assert counts == {"encoder": 649, "circuit": 54, "head": 100, "total": 803}
 
 
+# The paper model's first two logits for seed 0 and images torch.rand(4, 1, 28, 28), training mode, as computed
+# before the projection, readout and angle options existed: options at their defaults change no number.
+PAPER_LOGITS_SEED_0 = [
+    [0.25844336, 0.51808673, 0.13262966, 0.16219951, -0.06748381, 0.00335455, -0.09064690, -0.49712175, -0.58876824,
+     -0.46886691],
+    [0.25640523, 0.51413369, 0.13696289, 0.15576345, -0.06793526, 0.00566836, -0.08956339, -0.49511915, -0.58542889,
+     -0.47111025],
+]
+
+#: The winner of the Fashion-MNIST study under 1,000 parameters (conf/experiments/fashion_mnist_best_1k.yaml).
+BEST_1K = dict(
+    coding="direct", time_steps=4, encoder_channels=[4, 8, 3], projection="spatial", n_qubits=9, n_blocks=2,
+    readout="xyz", feature_scale=3.14159, learn_angle_scale=True, learn_angle_offset=True,
+)
+
+
+def test_defaults_keep_the_paper_model_state_and_outputs():
+    torch.manual_seed(0)
+    model = SQDRCNN()
+    logits = model(torch.rand(4, 1, 28, 28))
+    assert torch.allclose(logits[:2], torch.tensor(PAPER_LOGITS_SEED_0), atol=1e-6)
+    neuron_state = ["threshold", "graded_spikes_factor", "reset_mechanism_val", "beta"]
+    norm_state = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    expected = (
+        [f"encoder.convs.{i}.weight" for i in range(3)]
+        + [f"encoder.norms.{i}.{key}" for i in range(3) for key in norm_state]
+        + [f"encoder.conv_neurons.{i}.{key}" for i in range(3) for key in neuron_state]
+        + ["encoder.project.weight", "encoder.project.bias"]
+        + [f"encoder.out_neuron.{key}" for key in neuron_state]
+        + ["circuit.weights", "head.0.weight", "head.0.bias"]
+    )
+    assert list(model.state_dict()) == expected
+
+
+def test_best_1k_configuration_has_958_parameters():
+    counts = SQDRCNN(**BEST_1K).parameter_counts()
+    # convs 1*4*9 + 4*8*9 + 8*3*9 = 540 and BN 2*(4+8+3) = 30; circuit: 2*9*3 angles + 27 scales + 27 offsets;
+    # head Linear(27 -> 10): the xyz readout gives 3 values per qubit.
+    assert counts == {"encoder": 570, "circuit": 108, "head": 280, "total": 958}
+
+
+def test_spatial_projection_gives_each_qubit_one_cell_of_the_last_stage():
+    torch.manual_seed(1)
+    model = SQDRCNN(**BEST_1K).eval()
+    images = torch.rand(2, 1, 28, 28)
+    features = model.encode(images)
+    assert features.shape == (2, 27)
+    assert not hasattr(model.encoder, "project") and not hasattr(model.encoder, "out_neuron")
+    # The last stage's spike map (7 x 7, not pooled), recomputed by hand and averaged over the 3 x 3 grid and T.
+    encoder, frames = model.encoder, model.coder(images)
+    x = frames.flatten(0, 1)
+    for stage, (conv, norm, neuron) in enumerate(zip(encoder.convs, encoder.norms, encoder.conv_neurons)):
+        spikes = run_neuron(neuron, norm(conv(x)).view(4, 2, conv.out_channels, *x.shape[-2:])).flatten(0, 1)
+        x = spikes if stage == 2 else torch.nn.functional.max_pool2d(spikes, 2)
+    grid = torch.nn.functional.adaptive_avg_pool2d(x, 3).view(4, 2, 3, 3, 3).mean(0)  # (B, channel, row, col)
+    for qubit in range(9):
+        row, col = divmod(qubit, 3)
+        assert torch.allclose(features[:, 3 * qubit : 3 * qubit + 3], grid[:, :, row, col], atol=1e-6)
+
+
+def test_xyz_readout_feeds_three_values_per_qubit_to_the_head():
+    model = SQDRCNN(image_size=8, n_qubits=4, readout="xyz")
+    assert model.head[0].in_features == 12
+    assert model(torch.rand(3, 1, 8, 8)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("engine", ["lightning", "default.qubit"])
+def test_best_1k_logits_and_gradients_agree_across_engines(engine):
+    torch.manual_seed(2)
+    images = torch.rand(2, 1, 28, 28, dtype=torch.float64)
+    labels = torch.tensor([3, 7])
+    state = SQDRCNN(**BEST_1K).double().state_dict()
+
+    def logits_and_gradients(name: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model = SQDRCNN(**BEST_1K, engine=name).double()
+        model.load_state_dict(state)
+        logits = model(images)
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    fused_logits, fused_grads = logits_and_gradients("fused")
+    logits, grads = logits_and_gradients(engine)
+    assert torch.allclose(logits, fused_logits, atol=1e-5)
+    for name, grad in grads.items():
+        assert torch.allclose(grad, fused_grads[name], atol=1e-5), name
+
+
 def test_parameter_counts_follow_the_configuration():
     counts = SQDRCNN(in_channels=3, image_size=32, n_qubits=4, n_blocks=3, head="mlp", head_hidden=8).parameter_counts()
     # convs 3->6->12->24 (162 + 648 + 2592), BN 2*(6+12+24), linear 24->12 (300), circuit 3*4*3, mlp 4*8+8 + 8*10+10
@@ -97,6 +184,11 @@ def test_reference_head_ends_in_relu():
     [
         ({"head": "none", "num_classes": 10, "n_qubits": 4}, "one qubit per class"),
         ({"image_size": 4}, "too small for 3 pooling stages"),
+        ({"projection": "spatial"}, "3 channels in the last encoder stage"),
+        ({"projection": "spatial", "n_qubits": 8, "encoder_channels": [4, 8, 3]}, "square number of qubits"),
+        ({"projection": "spatial", "encoder_channels": [4, 8, 3], "project_norm": "bn"}, "project_norm applies"),
+        ({"projection": "conv"}, "Unknown projection 'conv'"),
+        ({"readout": "x"}, "Unknown readout 'x'"),
         ({"coding": "latency"}, "Unknown spike coding 'latency'"),
         ({"neuron": "izhikevich"}, "Unknown neuron"),
         ({"surrogate": "erf"}, "Unknown surrogate"),

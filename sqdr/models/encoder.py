@@ -20,6 +20,8 @@ from sqdr.models.conv import narrow_conv3x3
 from sqdr.models.neurons import spiking_neurons
 
 Neuron = Literal["if", "leaky"]
+Projection = Literal["linear", "spatial"]
+ProjectNorm = Literal["none", "bn", "bn_affine"]
 Surrogate = Literal["atan", "fast_sigmoid", "sigmoid", "triangular", "straight_through"]
 
 # Convolutions with fewer input channels than this take the backward pass of sqdr.models.conv (measured faster).
@@ -110,10 +112,24 @@ def fire(neuron: snn.Leaky, currents: torch.Tensor) -> torch.Tensor:
 
 
 class SpikingEncoder(nn.Module):
-    """Conv-BN-neuron-pool stages, adaptive pooling, a linear projection and an output neuron layer.
+    """Conv-BN-neuron stages (max-pooled between them), then a projection to ``out_features`` firing rates.
 
     Input: coded frames ``(T, B, C, H, W)``. Output: firing rates ``(B, out_features)`` in [0, 1],
-    averaged over the T steps, which the circuit reads as rotation angles.
+    averaged over the T steps, which the circuit reads as rotation angles (three per qubit).
+
+    ``projection`` chooses how the last stage becomes those rates:
+
+    * ``linear`` (the paper): global average pooling, ``Linear(channels[-1] -> out_features)``, optionally a
+      batch norm (``project_norm``), and a layer of output neurons whose rates are the features.
+    * ``spatial``: no linear layer and no output neurons. The last stage has 3 channels and is not pooled; its
+      spike map is average-pooled to a ``g x g`` grid (``g * g = out_features / 3`` qubits), and qubit ``i``
+      (cell ``i``, row-major) reads the 3 channels' rates in its cell. Each qubit then sees one region of the
+      image, and the parameters a linear projection would take go into the convolutions instead.
+
+    ``project_norm`` (``linear`` only): batch norm on the projection's currents, without (``bn``) or with
+    (``bn_affine``) a learned scale and shift. Currents of zero mean and unit variance straddle the threshold:
+    at initialisation the plain projection leaves most output neurons silent (on Fashion-MNIST two thirds of
+    the rates are exactly 0), so the circuit would start from a nearly constant input.
     """
 
     def __init__(
@@ -127,6 +143,8 @@ class SpikingEncoder(nn.Module):
         surrogate: Surrogate = "atan",
         surrogate_slope: float = 2.0,
         bn_momentum: float = REFERENCE_BN_MOMENTUM,
+        projection: Projection = "linear",
+        project_norm: ProjectNorm = "none",
     ) -> None:
         super().__init__()
         if channels is None:
@@ -142,9 +160,16 @@ class SpikingEncoder(nn.Module):
         neuron_args = (neuron, beta, threshold, surrogate, surrogate_slope)
         self.conv_neurons = nn.ModuleList(make_neuron(*neuron_args) for _ in channels)
         self.pool = nn.MaxPool2d(2, 2)
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.project = nn.Linear(channels[-1], out_features)
-        self.out_neuron = make_neuron(*neuron_args)
+        self.projection = projection
+        if projection == "spatial":
+            self.grid_pool = nn.AdaptiveAvgPool2d(spatial_grid(out_features, channels[-1], project_norm))
+        elif projection == "linear":
+            self.global_pool = nn.AdaptiveAvgPool2d(1)
+            self.project = nn.Linear(channels[-1], out_features)
+            self.project_norm = make_project_norm(project_norm, out_features, bn_momentum)
+            self.out_neuron = make_neuron(*neuron_args)
+        else:
+            raise ValueError(f"Unknown projection {projection!r}; choose 'linear' or 'spatial'.")
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """In evaluation mode large batches run in chunks of ``EVAL_CHUNK`` samples: every sample is then
@@ -157,29 +182,65 @@ class SpikingEncoder(nn.Module):
     def _encode(self, frames: torch.Tensor) -> torch.Tensor:
         steps, batch = frames.shape[:2]
         x = frames.reshape(steps * batch, *frames.shape[2:])
-        for conv, norm, neuron in zip(self.convs, self.norms, self.conv_neurons):
-            currents = norm(narrow_conv3x3(x, conv.weight) if conv.in_channels < NARROW else conv(x))
-            spikes = fire(neuron, currents.view(steps, batch, *currents.shape[1:]))
-            x = self.pool(spikes.flatten(0, 1))
-        currents = self.project(self.global_pool(x).flatten(1))
-        spikes = fire(self.out_neuron, currents.view(steps, batch, -1))
-        return spikes.mean(0)
+        last = len(self.convs) - 1
+        for stage, (conv, norm, neuron) in enumerate(zip(self.convs, self.norms, self.conv_neurons)):
+            currents = norm(self._convolve(conv, x))
+            spikes = self._fire(neuron, currents.view(steps, batch, *currents.shape[1:])).flatten(0, 1)
+            x = spikes if stage == last and self.projection == "spatial" else self.pool(spikes)
+        if self.projection == "spatial":
+            # (T*B, 3, g, g) -> rates (B, 3, g*g) -> qubit-major (B, g*g * 3): feature 3 * cell + channel
+            rates = self.grid_pool(x).view(steps, batch, x.shape[1], -1).mean(0)
+            return rates.transpose(1, 2).flatten(1)
+        currents = self.project_norm(self.project(self.global_pool(x).flatten(1)))
+        return self._fire(self.out_neuron, currents.view(steps, batch, -1)).mean(0)
+
+    @staticmethod
+    def _convolve(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        return narrow_conv3x3(x, conv.weight) if conv.in_channels < NARROW else conv(x)
+
+    @staticmethod
+    def _fire(neuron: snn.Leaky, currents: torch.Tensor) -> torch.Tensor:
+        return fire(neuron, currents)
+
+
+def spatial_grid(out_features: int, last_channels: int, project_norm: ProjectNorm) -> int:
+    """The side ``g`` of the ``spatial`` projection's grid, after checking the encoder can have one."""
+    cells = out_features // 3
+    side = math.isqrt(cells)
+    if last_channels != 3 or side * side != cells or 3 * cells != out_features:
+        raise ValueError(
+            "projection='spatial' reads one grid cell per qubit and one channel per angle: it needs a square "
+            f"number of qubits and 3 channels in the last encoder stage, got {out_features // 3} qubits and "
+            f"{last_channels} channels (e.g. n_qubits 9 and encoder_channels [4, 8, 3])."
+        )
+    if project_norm != "none":
+        raise ValueError("project_norm applies to the linear projection; the spatial projection has none.")
+    return side
+
+
+def make_project_norm(project_norm: ProjectNorm, features: int, momentum: float) -> nn.Module:
+    """Batch norm of the linear projection's currents (``bn``: no affine parameters), or nothing (``none``)."""
+    if project_norm == "none":
+        return nn.Identity()
+    if project_norm in ("bn", "bn_affine"):
+        return nn.BatchNorm1d(features, affine=project_norm == "bn_affine", momentum=momentum)
+    raise ValueError(f"Unknown project_norm {project_norm!r}; choose 'none', 'bn' or 'bn_affine'.")
 
 
 class ReferenceSpikingEncoder(SpikingEncoder):
-    """The same network with snnTorch's neurons stepped one time step at a time.
+    """The same network with snnTorch's neurons stepped one time step at a time and plain convolutions.
 
     The plain formulation :class:`SpikingEncoder` is checked against (outputs and gradients), and the
     baseline ``sqdr bench`` times it beside. Same constructor and ``state_dict`` as :class:`SpikingEncoder`.
     """
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        steps, batch = frames.shape[:2]
-        x = frames.reshape(steps * batch, *frames.shape[2:])
-        for conv, norm, neuron in zip(self.convs, self.norms, self.conv_neurons):
-            currents = norm(conv(x))
-            spikes = run_neuron(neuron, currents.view(steps, batch, *currents.shape[1:]))
-            x = self.pool(spikes.flatten(0, 1))
-        currents = self.project(self.global_pool(x).flatten(1))
-        spikes = run_neuron(self.out_neuron, currents.view(steps, batch, -1))
-        return spikes.mean(0)
+        return self._encode(frames)
+
+    @staticmethod
+    def _convolve(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        return conv(x)
+
+    @staticmethod
+    def _fire(neuron: snn.Leaky, currents: torch.Tensor) -> torch.Tensor:
+        return run_neuron(neuron, currents)

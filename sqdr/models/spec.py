@@ -12,6 +12,7 @@ from typing import Literal, get_args
 from sqdr.models.noise import NoiseModel
 
 Entangler = Literal["chain", "ring"]
+Readout = Literal["z", "xyz"]
 EngineName = Literal["fused", "lightning", "default.qubit", "default.mixed"]
 
 
@@ -34,6 +35,11 @@ ENGINES: dict[str, EngineInfo] = {
 }
 assert tuple(ENGINES) == get_args(EngineName)
 
+#: The single-qubit Paulis each readout measures on every qubit, in output order: ``xyz`` returns all ``<Z_i>``
+#: first, so whatever reads the leading values (the ``none`` head) sees the same ``<Z_i>`` under either readout.
+READOUT_PAULIS: dict[str, tuple[str, ...]] = {"z": ("Z",), "xyz": ("Z", "X", "Y")}
+assert tuple(READOUT_PAULIS) == get_args(Readout)
+
 
 def engine_info(name: str) -> EngineInfo:
     """The :class:`EngineInfo` of ``name``, or a ``ValueError`` listing the known engines."""
@@ -50,6 +56,7 @@ class CircuitSpec:
     n_blocks: int = 2
     entangler: Entangler = "chain"
     noise: NoiseModel | None = None
+    readout: Readout = "z"
 
     def __post_init__(self) -> None:
         if self.n_qubits < 1:
@@ -58,6 +65,8 @@ class CircuitSpec:
             raise ValueError(f"n_blocks must be at least 1, got {self.n_blocks}.")
         if self.entangler not in get_args(Entangler):
             raise ValueError(f"Unknown entangler {self.entangler!r}; choose 'chain' or 'ring'.")
+        if self.readout not in READOUT_PAULIS:
+            raise ValueError(f"Unknown readout {self.readout!r}; choose one of {list(READOUT_PAULIS)}.")
 
     @property
     def cz_pairs(self) -> list[tuple[int, int]]:
@@ -70,3 +79,12 @@ class CircuitSpec:
     @property
     def n_features(self) -> int:
         return 3 * self.n_qubits
+
+    @property
+    def paulis(self) -> tuple[str, ...]:
+        """The Paulis measured on every qubit: the output is ``<P_i>`` for each of them in turn, ``i`` fastest."""
+        return READOUT_PAULIS[self.readout]
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.paulis) * self.n_qubits

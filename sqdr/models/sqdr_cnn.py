@@ -7,13 +7,14 @@ import math
 from typing import Literal, Sequence
 
 import torch
+from jsonargparse.typing import PositiveInt  # sizes are checked where configs are parsed, before anything is built
 from torch import nn
 
 from sqdr.models.circuit import Init, ReuploadCircuit
 from sqdr.models.coding import SpikeCoder, SpikeCoding
-from sqdr.models.encoder import REFERENCE_BN_MOMENTUM, Neuron, SpikingEncoder, Surrogate
+from sqdr.models.encoder import REFERENCE_BN_MOMENTUM, Neuron, Projection, ProjectNorm, SpikingEncoder, Surrogate
 from sqdr.models.noise import NoiseModel, NoiseSpec
-from sqdr.models.spec import EngineName, Entangler
+from sqdr.models.spec import EngineName, Entangler, Readout
 
 Head = Literal["linear", "mlp", "none"]
 
@@ -91,8 +92,20 @@ class SQDRCNN(nn.Module):
         surrogate: surrogate gradient of the spike: atan, fast_sigmoid, sigmoid, triangular, straight_through.
         surrogate_slope: steepness of the surrogate gradient.
         bn_momentum: BatchNorm momentum of the encoder (the reference uses sqrt(0.1)).
+        projection: how the last encoder stage becomes the 3 angles per qubit: ``linear`` (the paper: global
+            average pool, ``Linear`` to ``3 * n_qubits``, a layer of output neurons) or ``spatial`` (no linear
+            layer: the last stage has 3 channels and is pooled to a ``g x g`` grid with ``g * g = n_qubits``;
+            qubit ``i`` reads the 3 channels' firing rates in cell ``i``, row-major).
+        project_norm: batch norm on the linear projection's currents before its neurons: ``none`` (the paper),
+            ``bn`` (no learned parameters) or ``bn_affine``.
         entangler: CZ pattern between blocks: ``chain`` (i, i+1) or ``ring`` (the chain closed).
-        feature_scale: data angles are ``feature_scale * firing rate``.
+        feature_scale: data angles are ``feature_scale * firing rate + angle_offset`` (e.g. 3.14159 for angles
+            spanning half a turn); with ``learn_angle_scale`` the initial value of every feature's scale.
+        angle_offset: added to every data angle; with ``learn_angle_offset`` every feature's initial offset.
+        learn_angle_scale: one trainable scale per feature (``3 * n_qubits`` circuit parameters).
+        learn_angle_offset: one trainable offset per feature (``3 * n_qubits`` circuit parameters).
+        readout: what the circuit measures on every qubit: ``z`` (``<Z_i>``, the paper: ``n_qubits`` values) or
+            ``xyz`` (``<Z_i>``, ``<X_i>``, ``<Y_i>``: ``3 * n_qubits`` values for the head, Z first).
         init: initialisation of the trainable angles: ``normal`` (truncated N(0, 1)) or ``uniform``.
         init_range: the interval of the angle initialisation.
         head: what follows the circuit: ``linear``, ``mlp`` or ``none`` (the first ``num_classes`` <Z_i>).
@@ -100,7 +113,8 @@ class SQDRCNN(nn.Module):
         head_relu: a ReLU after the head, as in the reference implementation.
         quantum: ``False`` puts a :class:`ClassicalLayer` (``Linear(3n -> n)`` + ``tanh``) where the circuit
             was: the classical baseline with the same spiking encoder and head. The circuit's options
-            (``n_blocks``, ``engine``, ``entangler``, ``feature_scale``, ``init``) then do not apply.
+            (``n_blocks``, ``engine``, ``entangler``, ``feature_scale``, the angle options, ``readout``, ``init``)
+            then do not apply.
     """
 
     def __init__(
@@ -108,12 +122,12 @@ class SQDRCNN(nn.Module):
         in_channels: int = 1,
         num_classes: int = 10,
         image_size: int = 28,
-        time_steps: int = 10,
-        n_qubits: int = 9,
-        n_blocks: int = 2,
+        time_steps: PositiveInt = 10,
+        n_qubits: PositiveInt = 9,
+        n_blocks: PositiveInt = 2,
         engine: EngineName = "fused",
         noise: NoiseSpec = None,
-        shots: int | None = None,
+        shots: PositiveInt | None = None,
         coding: SpikeCoding = "phase",
         encoder_channels: Sequence[int] | None = None,
         neuron: Neuron = "if",
@@ -122,12 +136,18 @@ class SQDRCNN(nn.Module):
         surrogate: Surrogate = "atan",
         surrogate_slope: float = 2.0,
         bn_momentum: float = REFERENCE_BN_MOMENTUM,
+        projection: Projection = "linear",
+        project_norm: ProjectNorm = "none",
         entangler: Entangler = "chain",
         feature_scale: float = 1.0,
+        angle_offset: float = 0.0,
+        learn_angle_scale: bool = False,
+        learn_angle_offset: bool = False,
+        readout: Readout = "z",
         init: Init = "normal",
         init_range: Sequence[float] = (0.0, 2 * math.pi),
         head: Head = "linear",
-        head_hidden: int = 32,
+        head_hidden: PositiveInt = 32,
         head_relu: bool = False,
         quantum: bool = True,
     ) -> None:
@@ -153,6 +173,8 @@ class SQDRCNN(nn.Module):
             surrogate=surrogate,
             surrogate_slope=surrogate_slope,
             bn_momentum=bn_momentum,
+            projection=projection,
+            project_norm=project_norm,
         )
         self.circuit: nn.Module = ReuploadCircuit(
             n_qubits=n_qubits,
@@ -164,8 +186,13 @@ class SQDRCNN(nn.Module):
             feature_scale=feature_scale,
             init=init,
             init_range=init_range,
+            readout=readout,
+            angle_offset=angle_offset,
+            learn_angle_scale=learn_angle_scale,
+            learn_angle_offset=learn_angle_offset,
         ) if quantum else ClassicalLayer(n_qubits)
-        self.head = make_head(head, n_qubits, num_classes, head_hidden, head_relu)
+        head_inputs = self.circuit.n_outputs if quantum else n_qubits
+        self.head = make_head(head, head_inputs, num_classes, head_hidden, head_relu)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classify(self.encode(images))

@@ -1,4 +1,5 @@
-"""Engines execute a :class:`~sqdr.models.spec.CircuitSpec`: ``engine(data (B, n, 3), weights (L, n, 3)) -> (B, n)``."""
+"""Engines execute a :class:`~sqdr.models.spec.CircuitSpec`:
+``engine(data (B, n, 3), weights (L, n, 3)) -> (B, spec.n_outputs)`` (``(B, n)`` ``<Z_i>`` for readout ``z``)."""
 
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ much cheaper exact computation than a general-purpose simulator can assume, vect
   product of per-qubit maps. We fuse each qubit's data ``Rot``, trainable ``Rot`` and channels into one
   2x2 unitary (pure mode) or one 4x4 superoperator (noisy, density-matrix mode).
 * The first block acts on ``|0...0>``, so its output is a product state, built directly by outer products.
-* Everything after the last entangler is a product of per-qubit maps, so ``<Z_i>`` only needs qubit ``i``'s
-  reduced density matrix and the Heisenberg-picture observable ``Φ_i†(Z)``; the last block is never applied
-  to the full state.
+* Everything after the last entangler is a product of per-qubit maps, so ``<P_i>`` (``P`` = Z, and X, Y for the
+  ``xyz`` readout) only needs qubit ``i``'s reduced density matrix and the Heisenberg-picture observable
+  ``Φ_i†(P)``; the last block is never applied to the full state, and extra Paulis cost one 2x2 product each.
 * CZ layers are diagonal: one elementwise multiplication by a precomputed ±1 pattern.
 * With two blocks (the paper's circuit) even the full state is unnecessary: one CZ layer acting on a product
   state leaves qubit ``i``'s diagonal alone and scales its coherence by ``Π_j <Z_j>`` over its CZ partners
@@ -32,7 +32,11 @@ import torch
 from sqdr.models.noise import NoiseModel
 from sqdr.models.spec import CircuitSpec
 
-PAULI_Z = ((1.0, 0.0), (0.0, -1.0))
+PAULIS = {
+    "Z": ((1.0, 0.0), (0.0, -1.0)),
+    "X": ((0.0, 1.0), (1.0, 0.0)),
+    "Y": ((0.0, -1j), (1j, 0.0)),
+}
 
 
 def rot_matrices(angles: torch.Tensor) -> torch.Tensor:
@@ -298,17 +302,19 @@ class FusedEngine:
             reduced.append(torch.einsum("bxiyxjy->bij", view))
         return torch.stack(reduced, 1)
 
-    def _heisenberg_z(self, last: torch.Tensor) -> torch.Tensor:
-        """``Φ_i†(Z)`` for the last per-qubit maps: ``(B, n, 2, 2)``."""
-        z = torch.tensor(PAULI_Z, dtype=last.dtype, device=last.device)
+    def _heisenberg(self, last: torch.Tensor) -> torch.Tensor:
+        """``Φ_i†(P)`` for every Pauli ``P`` of the readout and the last per-qubit maps: ``(B, k, n, 2, 2)``."""
+        paulis = torch.tensor([PAULIS[name] for name in self.spec.paulis], dtype=last.dtype, device=last.device)
         if self.mixed:
             superop = last.reshape(*last.shape[:2], 2, 2, 2, 2)
-            return torch.einsum("cr,bnrcRC->bnCR", z, superop)
-        return last.conj().transpose(-1, -2) @ z @ last
+            return torch.einsum("kcr,bnrcRC->bknCR", paulis, superop)
+        unitary = last.unsqueeze(1)
+        return unitary.conj().transpose(-1, -2) @ paulis[:, None] @ unitary
 
     # -- entry point -----------------------------------------------------------------------------
     def __call__(self, data: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``<Z_i>`` for data angles ``(B, n, 3)`` and trainable angles ``(L, n, 3)``; returns ``(B, n)``."""
+        """``<P_i>`` for data angles ``(B, n, 3)`` and trainable angles ``(L, n, 3)``: ``(B, k * n)`` for the
+        readout's ``k`` Paulis, all qubits of the first Pauli first (``(B, n)`` ``<Z_i>`` for readout ``z``)."""
         maps = self._local_maps(data, weights)
         if len(maps) == 1:
             zero = torch.zeros(2, 2, dtype=maps[0].dtype, device=data.device)
@@ -321,12 +327,13 @@ class FusedEngine:
             for block_map in maps[1:-1]:
                 state = self._apply_local(self._entangle(state), block_map)
             reduced = self._reduced_density_matrices(self._entangle(state))
-        observable = self._heisenberg_z(maps[-1])
-        expectations = torch.einsum("bncr,bnrc->bn", observable, reduced).real
+        observables = self._heisenberg(maps[-1])
+        expectations = torch.einsum("bkncr,bnrc->bkn", observables, reduced).real.flatten(1)
         return self._sample_shots(expectations) if self.shots else expectations
 
     def _sample_shots(self, expectations: torch.Tensor) -> torch.Tensor:
-        """Estimate each ``<Z_i>`` from ``shots`` samples of its exact marginal; straight-through gradient."""
+        """Estimate each ``<P_i>`` from ``shots`` samples of its exact marginal (every Pauli measured in its own
+        basis); straight-through gradient."""
         p_zero = ((1 + expectations.detach()) / 2).clamp(0, 1)
         zeros = torch.distributions.Binomial(self.shots, probs=p_zero).sample()
         estimate = 2 * zeros / self.shots - 1

@@ -13,6 +13,8 @@ cannot be), so models holding these engines still checkpoint and copy cleanly.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pennylane as qml
 import torch
@@ -20,6 +22,8 @@ from pennylane.devices import ExecutionConfig
 
 from sqdr.models.noise import NoiseModel
 from sqdr.models.spec import CircuitSpec, EngineInfo
+
+PENNYLANE_PAULIS = {"Z": qml.PauliZ, "X": qml.PauliX, "Y": qml.PauliY}
 
 PENNYLANE_CHANNELS = {
     "bit_flip": qml.BitFlip,
@@ -36,10 +40,15 @@ def _apply_channels(channels, noise: NoiseModel, wire: int, data) -> None:
         PENNYLANE_CHANNELS[name](strength, wires=wire)
 
 
+def measurements(spec: CircuitSpec) -> list:
+    """The readout's expectations, in the engines' output order: every qubit's first Pauli, then the next."""
+    return [qml.expval(PENNYLANE_PAULIS[name](wire)) for name in spec.paulis for wire in range(spec.n_qubits)]
+
+
 def reupload_circuit(spec: CircuitSpec, data, weights):
     """Queue the circuit's operations; ``data`` is ``(n, 3)`` (or broadcast ``(B, n, 3)``), ``weights`` ``(L, n, 3)``.
 
-    Returns the ``<Z_i>`` measurements, so this function is the body of every PennyLane QNode here.
+    Returns the readout's measurements, so this function is the body of every PennyLane QNode here.
     """
     noise = spec.noise
     for block in range(spec.n_blocks):
@@ -54,7 +63,7 @@ def reupload_circuit(spec: CircuitSpec, data, weights):
             if noise is not None:
                 for wire in range(spec.n_qubits):
                     _apply_channels(noise.entangler_channels(), noise, wire, data[..., wire, :])
-    return [qml.expval(qml.PauliZ(wire)) for wire in range(spec.n_qubits)]
+    return measurements(spec)
 
 
 def reupload_tape(spec: CircuitSpec, data: np.ndarray, weights: np.ndarray) -> qml.tape.QuantumScript:
@@ -70,11 +79,11 @@ def reupload_tape(spec: CircuitSpec, data: np.ndarray, weights: np.ndarray) -> q
             operations.append(qml.Rot(*weights[block, wire], wires=wire))
         if block < spec.n_blocks - 1:
             operations.extend(qml.CZ(wires=pair) for pair in spec.cz_pairs)
-    return qml.tape.QuantumScript(operations, [qml.expval(qml.Z(wire)) for wire in range(spec.n_qubits)])
+    return qml.tape.QuantumScript(operations, measurements(spec))
 
 
 class LightningAdjoint(torch.autograd.Function):
-    """``<Z_i>`` of a batch on ``lightning.qubit``, differentiated by the device's adjoint method.
+    """The readout's expectations of a batch on ``lightning.qubit``, differentiated by the device's adjoint method.
 
     PennyLane's torch interface would ask for the full Jacobian (one adjoint sweep per output); backward
     only needs its product with the incoming gradient, which ``compute_vjp`` gets in one sweep per sample.
@@ -134,7 +143,8 @@ class PennyLaneEngine:
         return self._qnode
 
     def __call__(self, data: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``<Z_i>`` for data angles ``(B, n, 3)`` and trainable angles ``(L, n, 3)``; returns ``(B, n)``."""
+        """The readout's expectations for data angles ``(B, n, 3)`` and trainable angles ``(L, n, 3)``:
+        ``(B, spec.n_outputs)``, in the order of :func:`measurements`."""
         if self.name == "lightning" and not self.shots:
             if self._device is None:
                 self._device = qml.device(self.info.device, wires=self.spec.n_qubits)
@@ -146,5 +156,13 @@ class PennyLaneEngine:
         return {**self.__dict__, "_qnode": None, "_device": None}
 
     def to_openqasm(self, data: torch.Tensor, weights: torch.Tensor) -> str:
-        """The circuit for one sample's data angles ``(n, 3)`` as OpenQASM 2.0 (noise is not exported)."""
-        return qml.to_openqasm(self.qnode, measure_all=True)(data.detach(), weights.detach())
+        """The circuit for one sample's data angles ``(n, 3)`` as OpenQASM 2.0, every qubit measured in the
+        computational basis (noise is not exported).
+
+        The gates are those of the ``z`` readout whatever the readout: ``xyz`` measures non-commuting Paulis on
+        each qubit, which hardware obtains from three runs of these gates, measured after a change of basis.
+        """
+        spec = replace(self.spec, readout="z")
+        device = qml.device(self.info.device, wires=spec.n_qubits)
+        qnode = qml.QNode(lambda angles, trained: reupload_circuit(spec, angles, trained), device)
+        return qml.to_openqasm(qnode, measure_all=True)(data.detach(), weights.detach())
