@@ -6,17 +6,17 @@ collect every run, write tables and figures, run the noise study of the paper mo
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
+from jsonargparse import ArgumentParser
 from jsonargparse.typing import PositiveInt
 
 from sqdr.errors import UserError
 from sqdr.files import check_writable
+from sqdr.options import options_from, options_parser
 from sqdr.reproduce.plan import Plan, load_plan
 from sqdr.reproduce.report import read_published, write_report
 from sqdr.reproduce.runner import Record, execute
@@ -59,26 +59,19 @@ class ReproduceOptions:
     noise: bool = True
 
 
-class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """jsonargparse's help, with the examples below it kept one command per line."""
-
-
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(
+    return options_parser(
+        ReproduceOptions,
         prog="sqdr reproduce",
         description="The paper's evaluation with baselines and ablations, over seeds, resumable: finished runs are "
         "collected, interrupted ones trained again; then tables and figures.",
-        epilog=EXAMPLES,
-        formatter_class=HelpFormatter,
+        examples=EXAMPLES,
+        config_help="A YAML file of these options.",
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="A YAML file of these options.")
-    parser.add_class_arguments(ReproduceOptions, as_group=False)
-    return parser
 
 
 def parse_options(argv: list[str]) -> ReproduceOptions:
-    config = build_parser().parse_args(argv)
-    return ReproduceOptions(**{option.name: config[option.name] for option in fields(ReproduceOptions)})
+    return options_from(ReproduceOptions, build_parser(), argv)
 
 
 def noise_study(plan: Plan, records: list[Record], out: Path) -> Path | None:

@@ -6,14 +6,13 @@ output folder) is checked before the first test image is encoded, so a mistake c
 
 from __future__ import annotations
 
-import argparse
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, Namespace
+from jsonargparse import ArgumentParser
 from jsonargparse.typing import ClosedUnitInterval, PositiveInt
 from lightning.pytorch.cli import instantiate_class
 from torch.utils.data import DataLoader
@@ -22,6 +21,7 @@ from sqdr.errors import UserError
 from sqdr.files import check_writable
 from sqdr.models import SQDRCNN
 from sqdr.models.noise import CHANNEL_ORDER, PRESETS
+from sqdr.options import options_from, options_parser
 from sqdr.robustness.outputs import accuracy_table, log_to_wandb, write_outputs
 from sqdr.robustness.study import Result, encode, evaluate, grid_points
 from sqdr.runs import CONFIG, find_checkpoint, load_run_config, run_dir_of
@@ -78,31 +78,21 @@ class NoiseOptions:
             raise UserError("--levels is empty; give at least one noise probability, e.g. --levels '[0, 0.1]'.")
 
 
-class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """jsonargparse's help, with the examples below it kept one command per line."""
-
-
 def build_parser() -> ArgumentParser:
     """The ``sqdr noise`` parser: the fields of :class:`NoiseOptions`, plus ``--config`` for a YAML grid."""
-    parser = ArgumentParser(
+    return options_parser(
+        NoiseOptions,
         prog="sqdr noise",
         description="Accuracy of a trained SQDR-CNN checkpoint under single-qubit noise channels, simulated exactly "
         "(density matrices) with the trained parameters unchanged.",
-        epilog=EXAMPLES,
-        formatter_class=HelpFormatter,
+        examples=EXAMPLES,
+        config_help="A YAML file of options, e.g. conf/noise/grid.yaml; options given after it on the command line win.",
     )
-    parser.add_argument(
-        "--config", action=ActionConfigFile,
-        help="A YAML file of options, e.g. conf/noise/grid.yaml; options given after it on the command line win.",
-    )
-    parser.add_class_arguments(NoiseOptions, as_group=False)
-    return parser
 
 
 def parse_options(argv: list[str]) -> NoiseOptions:
     """Command line (and ``--config`` files) to options; bad values end in jsonargparse's usage error (exit 2)."""
-    config: Namespace = build_parser().parse_args(argv)
-    return NoiseOptions(**{option.name: config[option.name] for option in fields(NoiseOptions)})
+    return options_from(NoiseOptions, build_parser(), argv)
 
 
 def load_net(checkpoint: Path) -> SQDRCNN:
