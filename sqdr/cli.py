@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger
@@ -57,6 +58,10 @@ class SQDRCLI(LightningCLI):
         parser.add_argument("--wandb_group", type=str | None, default=None, help="W&B group (default: experiment).")
         parser.add_argument("--wandb_tags", type=list[str], default=[], help="W&B tags.")
         parser.add_argument("--test_after_fit", type=bool, default=False, help="Test the best checkpoint after fit.")
+        parser.add_argument(
+            "--checkpoint_every_n_steps", type=PositiveInt | None, default=None,
+            help="Also save last.ckpt every N training steps, so a long epoch can be resumed from within (exactly).",
+        )
         parser.link_arguments("data.num_classes", "model.net.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_channels", "model.net.init_args.in_channels", apply_on="instantiate")
         parser.link_arguments("data.image_hw", "model.net.init_args.image_size", apply_on="instantiate")
@@ -116,9 +121,20 @@ class SQDRCLI(LightningCLI):
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             # An explicit folder: with fast_dev_run Lightning drops the loggers and would write to the cwd.
             dirpath = Path(loggers[0].log_dir) / "checkpoints" if loggers else None
+            # Both write last.ckpt (no "-v1" copies): it is always the newest state, at an epoch's end or within.
             callbacks.append(
-                ModelCheckpoint(dirpath, monitor="val/acc", mode="max", save_last=True, filename="best-{epoch}")
+                ModelCheckpoint(
+                    dirpath, monitor="val/acc", mode="max", save_last=True, filename="best-{epoch}",
+                    enable_version_counter=False,
+                )
             )
+            every = self._run_config().get("checkpoint_every_n_steps")
+            if every:
+                callbacks.append(
+                    ModelCheckpoint(
+                        dirpath, every_n_train_steps=every, save_last=True, save_top_k=0, enable_version_counter=False
+                    )
+                )
         kwargs["callbacks"] = [*callbacks, *default_callbacks(interactive=sys.stdout.isatty())]
         return super().instantiate_trainer(**kwargs)
 

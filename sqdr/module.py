@@ -54,6 +54,19 @@ def set_rng_states(states: dict[str, Any]) -> None:
     random.setstate(states["python"])
 
 
+def batches_done_within_epoch(checkpoint: dict[str, Any]) -> int:
+    """For a checkpoint taken mid-epoch, the training batches that epoch had done (0 for an end-of-epoch one).
+
+    Checkpoints are written in ``on_train_batch_end``, when the batch counts as processed but not yet completed;
+    Lightning resumes after it, so ``processed`` is the number of batches to leave out.
+    """
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    epoch = loop.get("epoch_progress", {}).get("current", {})
+    if epoch.get("processed", 0) >= epoch.get("ready", 0):
+        return 0
+    return int(loop.get("epoch_loop.batch_progress", {}).get("current", {}).get("processed", 0))
+
+
 class SQDRModule(L.LightningModule):
     """Trains an SQDR-CNN end to end and certifies the trained model on a PennyLane device.
 
@@ -179,6 +192,10 @@ class SQDRModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resumed_rng = checkpoint.get("rng_states")
+        batches_done = batches_done_within_epoch(checkpoint)
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if batches_done and hasattr(datamodule, "resume_within_epoch"):
+            datamodule.resume_within_epoch(batches_done)
 
     # -- training ----------------------------------------------------------------------------------
     def on_train_start(self) -> None:

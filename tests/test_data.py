@@ -12,6 +12,7 @@ import pickle
 import struct
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.error import URLError
 
 import numpy as np
@@ -213,11 +214,15 @@ def test_augment_flips_some_training_images_and_never_evaluation_images(tmp_path
     write_mnist_layout(tmp_path / "MNIST" / "raw")
     dm = ready(MNISTDataModule(root=str(tmp_path), augment=True))
     torch.manual_seed(0)
+    image = dm.data_train[0][0]
+    batch = [image.expand(40, *image.shape), torch.zeros(40, dtype=torch.long)]
 
-    corners = [dm.data_train[0][0][0, 0, 27].item() for _ in range(40)]
+    dm.trainer = SimpleNamespace(training=True)  # the flip is drawn right before a training step
+    corners = dm.on_after_batch_transfer(batch, 0)[0][:, 0, 0, 27].tolist()
     assert 5 <= corners.count(1.0) <= 35  # the bright top-left corner landed top-right: flipped
-    assert all(dm.data_val[0][0][0, 0, 0] == 1.0 for _ in range(20))
-    assert all(dm.data_test[0][0][0, 0, 0] == 1.0 for _ in range(20))
+    dm.trainer = SimpleNamespace(training=False)  # validation, test, predict
+    assert torch.equal(dm.on_after_batch_transfer(batch, 0)[0], batch[0])
+    assert dm.data_val[0][0][0, 0, 0] == 1.0 and dm.data_test[0][0][0, 0, 0] == 1.0
 
 
 def test_fashion_mnist_uses_the_debian_package_folder_without_network(tmp_path, monkeypatch, offline):
@@ -356,7 +361,8 @@ def test_batched_training_flip_is_drawn_per_image_and_keeps_the_split(tmp_path):
     plain = ready(MNISTDataModule(root=str(tmp_path), batch_size=36))
     flipped = ready(MNISTDataModule(root=str(tmp_path), batch_size=36, augment=True))
     torch.manual_seed(1)
-    images, _ = next(iter(flipped.train_dataloader()))
+    flipped.trainer = SimpleNamespace(training=True)
+    images, _ = flipped.on_after_batch_transfer(next(iter(flipped.train_dataloader())), 0)
     ids = sorted(image_ids(images.maximum(images.flip(-1))))  # a flip moves the id pixel; max restores it
     assert ids == sorted(image_ids(next(iter(plain.train_dataloader()))[0]))  # the same 36 images
     corners = images[:, 0, 0, 27] == 1.0

@@ -16,6 +16,7 @@ import torch
 from test_cli import tiny_run_args
 
 from sqdr.__main__ import main
+from sqdr.module import batches_done_within_epoch
 
 EPOCHS = 4
 
@@ -41,30 +42,35 @@ def final_epoch_row(run: Path) -> dict[str, str]:
     return [r for r in metrics(run) if r.get("val/acc") and int(r["epoch"]) == EPOCHS - 1][-1]
 
 
-def checkpoint_epoch(path: Path) -> int:
+def saved_mid_epoch_after_the_first(path: Path) -> bool:
+    """``last.ckpt`` exists and was taken within an epoch after the first (not at an epoch's end)."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-    except Exception:  # being written
-        return -1
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # absent, or being written
+        return False
+    return checkpoint["epoch"] >= 1 and batches_done_within_epoch(checkpoint) > 0
 
 
 def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path):
+    """Killed right after a checkpoint taken within an epoch: the resumed run leaves out the batches that epoch
+    had done and ends exactly where the uninterrupted run ends."""
     main(["fit", *run_args(tmp_path / "whole")])
     uninterrupted = final_epoch_row(tmp_path / "whole" / "tiny" / "version_0")
 
     killed = tmp_path / "killed"
     last = killed / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
-    command = [sys.executable, "-m", "sqdr", "fit", *run_args(killed)]
+    command = [sys.executable, "-m", "sqdr", "fit", *run_args(killed, "--checkpoint_every_n_steps", "5")]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not (last.is_file() and checkpoint_epoch(last) >= 1) and process.poll() is None:
-        assert time.monotonic() < deadline, "the run never reached its second checkpoint"
+    while not saved_mid_epoch_after_the_first(last) and process.poll() is None:
+        assert time.monotonic() < deadline, "the run never saved a checkpoint within its second epoch"
         time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)  # somewhere in the third epoch: no goodbye, no final save
+    os.kill(process.pid, signal.SIGKILL)  # within the second epoch or later: no goodbye, no final save
     process.wait()
     assert process.returncode == -signal.SIGKILL
 
-    main(["fit", *run_args(killed, "--ckpt_path", "last")])
+    assert batches_done_within_epoch(torch.load(last, map_location="cpu", weights_only=True)) > 0
+    main(["fit", *run_args(killed, "--checkpoint_every_n_steps", "5", "--ckpt_path", "last")])
     run = killed / "tiny" / "version_0"
     resumed = final_epoch_row(run)
     for key in ("val/acc", "val/loss", "val/acc_best", "train/loss", "train/acc"):

@@ -31,23 +31,20 @@ class SplitDataset(Dataset):
     """Some samples of a base data set, with the split's own transform and the class-subset label map.
 
     The splits share one base data set, so train, validation and test differ only in indices and transform
-    (augmentation on train only) without loading anything twice. ``flip`` flips each image horizontally with
-    probability 1/2 (the training augmentation), drawn from the global random state like torchvision's
-    ``RandomHorizontalFlip``.
+    without loading anything twice; the training flip is the data module's (:meth:`ImageDataModule.on_after_batch_transfer`).
 
     A base that is a ``TensorDataset`` of images ``(N, C, H, W)`` (``uint8`` or float) and labels is also read a
     whole batch at a time (``__getitems__``, which ``DataLoader`` calls with a batch's indices): one indexing,
-    one conversion, one transform and one flip mask per batch instead of a dozen small operations per image.
+    one conversion and one transform per batch instead of a dozen small operations per image.
     """
 
     def __init__(
-        self, base: Dataset, indices: Tensor, transform: v2.Transform, label_map: dict[int, int], flip: bool = False
+        self, base: Dataset, indices: Tensor, transform: v2.Transform, label_map: dict[int, int]
     ) -> None:
         self.base = base
         self.indices = indices
         self.transform = transform
         self.label_map = label_map
-        self.flip = flip
         self.label_table = torch.full((max(label_map) + 1,), -1, dtype=torch.long)
         self.label_table[list(label_map)] = torch.tensor(list(label_map.values()))
 
@@ -56,21 +53,14 @@ class SplitDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         image, label = self.base[int(self.indices[index])]
-        image = self.transform(as_float_images(image))
-        if self.flip and torch.rand(1) < 0.5:
-            image = image.flip(-1)
-        return image, self.label_map[int(label)]
+        return self.transform(as_float_images(image)), self.label_map[int(label)]
 
     def __getitems__(self, indices: list[int]) -> Batch | list[tuple[Tensor, int]]:
         if not isinstance(self.base, TensorDataset):
             return [self[i] for i in indices]
         images, labels = self.base.tensors
         rows = self.indices[indices]
-        batch = self.transform(as_float_images(images[rows]))
-        if self.flip:
-            flipped = torch.rand(len(rows)) < 0.5
-            batch = torch.where(flipped.view(-1, 1, 1, 1), batch.flip(-1), batch)
-        return Batch(batch, self.label_table[labels[rows].long()])
+        return Batch(self.transform(as_float_images(images[rows])), self.label_table[labels[rows].long()])
 
 
 class Batch(NamedTuple):
@@ -85,6 +75,20 @@ def collate(samples: Batch | list) -> list[Tensor]:
     if isinstance(samples, Batch):
         return [samples.images, samples.labels]
     return default_collate(samples)
+
+
+class EpochSampler(DistributedSampler):
+    """A shuffle that depends only on the seed and the epoch (Lightning calls ``set_epoch``; a single-replica
+    ``DistributedSampler`` is exactly that). ``skip`` leaves out the first samples of the next epoch once, for a
+    run resumed mid-epoch; the length stays the epoch's, as Lightning counts the skipped batches as done."""
+
+    def __init__(self, dataset: Dataset, seed: int, skip: int = 0) -> None:
+        super().__init__(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+        self.skip = skip
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        return iter(list(super().__iter__())[skip:])
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -122,6 +126,7 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters(logger=False)
         self._check_options()
+        self._resume_batches = 0
         self.data_train: SplitDataset | None = None
         self.data_val: SplitDataset | None = None
         self.data_test: SplitDataset | None = None
@@ -194,11 +199,11 @@ class ImageDataModule(L.LightningDataModule):
 
     def _split(self, base: Dataset, indices: Tensor, train: bool) -> SplitDataset:
         label_map = {label: new for new, label in enumerate(self._kept_classes)}
-        return SplitDataset(base, indices, self._transform(), label_map, flip=train and self.hparams.augment)
+        return SplitDataset(base, indices, self._transform(), label_map)
 
     def _transform(self) -> v2.Transform:
         """Channel conversion around the resize (RGB -> gray before, gray -> RGB after: less work). Works on one
-        image ``(C, H, W)`` or a batch ``(B, C, H, W)`` alike; the training flip is :class:`SplitDataset`'s."""
+        image ``(C, H, W)`` or a batch ``(B, C, H, W)`` alike; the training flip is :meth:`on_after_batch_transfer`'s."""
         steps: list[v2.Transform] = []
         if self.native_channels == 3 and self.in_channels == 1:
             steps.append(v2.Grayscale(num_output_channels=1))
@@ -209,11 +214,26 @@ class ImageDataModule(L.LightningDataModule):
         return v2.Compose(steps) if steps else v2.Identity()
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled by a permutation that depends only on the run's seed and the epoch (Lightning calls the
-        sampler's ``set_epoch``), not on the global random state: a resumed run sees the same batches as an
-        uninterrupted one. ``DistributedSampler`` with a single replica is exactly that sampler."""
-        sampler = DistributedSampler(self.data_train, num_replicas=1, rank=0, shuffle=True, seed=torch.initial_seed())
+        """Shuffled by a permutation that depends only on the run's seed and the epoch, not on the global random
+        state: a resumed run sees the same batches as an uninterrupted one (see :class:`EpochSampler`)."""
+        sampler = EpochSampler(self.data_train, seed=torch.initial_seed(), skip=self._resume_batches * self.hparams.batch_size)
+        self._resume_batches = 0
         return self._loader(self.data_train, sampler=sampler)
+
+    def resume_within_epoch(self, batches_done: int) -> None:
+        """A run resumed from a checkpoint taken mid-epoch: leave out the batches that epoch already trained on."""
+        self._resume_batches = batches_done
+
+    def on_after_batch_transfer(self, batch: list[Tensor], dataloader_idx: int) -> list[Tensor]:
+        """The training augmentation (a horizontal flip of each image with probability 1/2, like torchvision's
+        ``RandomHorizontalFlip``), drawn from the global random state right before the training step rather than
+        when the loader prefetches: the draws then follow the steps, so a run resumed from any checkpoint (whose
+        random states are those after its last step) flips exactly as an uninterrupted run does."""
+        if self.hparams.augment and self.trainer is not None and self.trainer.training:
+            images, labels = batch
+            flipped = torch.rand(len(images), device=images.device) < 0.5
+            batch = [torch.where(flipped.view(-1, 1, 1, 1), images.flip(-1), images), labels]
+        return batch
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.data_val)
@@ -225,7 +245,7 @@ class ImageDataModule(L.LightningDataModule):
         """``sqdr predict`` scores the test split (labels are kept beside the predictions for comparison)."""
         return self._loader(self.data_test)
 
-    def _loader(self, dataset: SplitDataset | None, sampler: DistributedSampler | None = None) -> DataLoader:
+    def _loader(self, dataset: SplitDataset | None, sampler: EpochSampler | None = None) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not built this split yet.")
         h = self.hparams
