@@ -231,10 +231,11 @@ class SQDRCNN(nn.Module):
         other.circuit = self.circuit.with_engine(engine, noise=noise, shots=shots)
         return other
 
-    def parameter_counts(self) -> dict[str, int]:
-        """Trainable parameters per part: ``encoder``, ``circuit``, ``head`` and ``total``."""
+    def parameter_counts(self, frozen: bool = False) -> dict[str, int]:
+        """Trainable parameters per part: ``encoder``, ``circuit``, ``head`` and ``total``; with ``frozen``, the
+        frozen ones too (a frozen pretrained encoder is still part of the model's size)."""
         counts = {
-            part: sum(p.numel() for p in getattr(self, part).parameters() if p.requires_grad)
+            part: sum(p.numel() for p in getattr(self, part).parameters() if frozen or p.requires_grad)
             for part in ("encoder", "circuit", "head")
         }
         counts["total"] = sum(counts.values())

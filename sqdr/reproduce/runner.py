@@ -46,8 +46,7 @@ def read_result(run: Run, args: list[str]) -> Record | None:
 
 def model_size(net: Any) -> dict[str, int]:
     """Parameters per part, frozen ones included: a frozen pretrained encoder is still part of the model's size."""
-    sizes = {part: sum(p.numel() for p in getattr(net, part).parameters()) for part in PARTS}
-    return {**sizes, "total": sum(sizes.values())}
+    return net.parameter_counts(frozen=True)
 
 
 def mean_throughput(run_dir: Path) -> float | None:
