@@ -47,6 +47,9 @@ def test_runs_report_lists_config_differences_and_metrics_of_finished_runs_only(
     write_run(tmp_path / "runs/quick/version_0", lr=0.01, epochs=3)
     write_run(tmp_path / "runs/quick/version_1", lr=0.02, epochs=1)  # still running, or killed
     write_run(tmp_path / "runs/quick/version_2", lr=0.05, epochs=2, failed=True)
+    killed_early = tmp_path / "runs/quick/version_3"  # its worker died before the run wrote its config
+    killed_early.mkdir()
+    (killed_early / FAILED_MARKER).write_text("worker gone")
     report("runs")
     out = capsys.readouterr().out
     assert "wrote runs/report/tables/runs.csv" in out and "wrote runs/report/figures/runs_curves.png" in out
@@ -56,6 +59,7 @@ def test_runs_report_lists_config_differences_and_metrics_of_finished_runs_only(
         "quick/version_0": "finished",
         "quick/version_1": "unfinished",
         "quick/version_2": "failed",
+        "quick/version_3": "failed",
     }
     assert table.loc["quick/version_0", "val/acc_best"] == pytest.approx(0.52)
     assert table.loc["quick/version_0", "train/loss"] == pytest.approx(1.98)

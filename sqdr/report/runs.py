@@ -47,7 +47,8 @@ class Run:
 
     @classmethod
     def read(cls, path: Path, name: str) -> Run:
-        config = _flatten(yaml.safe_load((path / "config.yaml").read_text()) or {})
+        config_file = path / "config.yaml"  # absent when a trial's worker died before the run wrote it
+        config = _flatten(yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
         csv = path / "metrics.csv"  # absent when the run died before its first log line
         metrics = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
         return cls(name, path, config, metrics, _status(path, config, _per_epoch(metrics)))
@@ -94,9 +95,8 @@ def _epochs_done(epochs: pd.DataFrame) -> int:
 
 def find_runs(folder: Path) -> list[Run]:
     """Every run under ``folder`` (itself a run, an experiment, or a folder of experiments), in path order."""
-    paths = sorted(
-        p.parent for p in folder.rglob("config.yaml") if p.parent.name.startswith("version_")
-    )
+    markers = [*folder.rglob("config.yaml"), *folder.rglob(FAILED_MARKER)]  # a run killed early has only the latter
+    paths = sorted({p.parent for p in markers if p.parent.name.startswith("version_")})
     return [Run.read(path, str(path.relative_to(folder)) if path != folder else path.name) for path in paths]
 
 
