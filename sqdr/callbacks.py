@@ -13,9 +13,6 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from sqdr.errors import UserError
 from sqdr.files import atomic_write
 
-#: The parts of an SQDR-CNN whose gradient norms are logged separately.
-PARTS = ("encoder", "circuit", "head")
-
 
 class DivergenceError(UserError):
     """Training produced a non-finite loss or gradient."""
@@ -38,7 +35,7 @@ class NumericalHealth(L.Callback):
             )
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        norms = {part: _gradient_norm(getattr(pl_module.net, part)) for part in PARTS}
+        norms = {part: _gradient_norm(getattr(pl_module.net, part)) for part in pl_module.net.PARTS}
         bad = [part for part, norm in norms.items() if not math.isfinite(norm)]
         if bad:
             raise DivergenceError(

@@ -117,6 +117,9 @@ class SQDRCNN(nn.Module):
             then do not apply.
     """
 
+    #: The parts whose parameters are counted (and whose gradient norms are logged) separately.
+    PARTS = ("encoder", "circuit", "head")
+
     def __init__(
         self,
         in_channels: int = 1,
@@ -236,7 +239,7 @@ class SQDRCNN(nn.Module):
         frozen ones too (a frozen pretrained encoder is still part of the model's size)."""
         counts = {
             part: sum(p.numel() for p in getattr(self, part).parameters() if frozen or p.requires_grad)
-            for part in ("encoder", "circuit", "head")
+            for part in self.PARTS
         }
         counts["total"] = sum(counts.values())
         return counts

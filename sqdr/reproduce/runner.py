@@ -29,10 +29,11 @@ import pandas as pd
 from sqdr.data import DatasetNotFoundError
 from sqdr.errors import UserError
 from sqdr.files import write_text
+from sqdr.models.sqdr_cnn import SQDRCNN
 from sqdr.reproduce.plan import Plan, Run
 
 RESULT = "result.json"
-PARTS = ("encoder", "circuit", "head")
+PARTS = SQDRCNN.PARTS
 
 Record = dict[str, Any]
 
