@@ -63,7 +63,8 @@ image-smoke: ## inside the image: `sqdr --help` and a one-epoch quickstart fit; 
 
 # The paper's evaluation: baselines, ablations and seeds from conf/reproduce/experiments.yaml; resumable.
 BUDGET ?= quick
+WORKERS ?= 1
 .PHONY: reproduce
 
-reproduce: install ## the paper's evaluation with baselines and ablations (BUDGET=quick|paper); tables and figures in results/reproduce/
-	$(BIN)/sqdr reproduce --budget $(BUDGET) $(ARGS)
+reproduce: install ## the paper's evaluation with baselines and ablations (BUDGET=quick|fashion_mnist|paper, WORKERS=n); tables and figures in results/reproduce/
+	$(BIN)/sqdr reproduce --budget $(BUDGET) --workers $(WORKERS) $(ARGS)

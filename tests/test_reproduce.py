@@ -175,6 +175,25 @@ def test_interrupted_reproduction_trains_only_unfinished_runs(tmp_path):
     assert changed.trained == ["synthetic/classical_layer/seed_0", "synthetic/sqnn/seed_0"]
 
 
+def test_workers_train_seeds_at_once_with_the_results_of_one_worker(tmp_path, capsys):
+    path = experiment_set(tmp_path, {"synthetic": {"variants": ["classical_layer", "sqnn"]}}, seeds=[0, 1])
+    plan = load_plan(path, "quick", tmp_path / "runs")
+
+    parallel = runner.execute_in_parallel(plan, threads=1, workers=2)
+
+    assert [(r["variant"], r["seed"], r["status"]) for r in parallel] == [
+        ("classical_layer", 0, "done"), ("sqnn", 0, "done"), ("classical_layer", 1, "done"), ("sqnn", 1, "done")
+    ]
+    first = CountingFit()
+    collected = runner.execute(plan, threads=1, say=lambda line: None, fit=first)
+    assert first.trained == []  # every run the workers finished is collected
+    assert [r["test_acc"] for r in collected] == [r["test_acc"] for r in parallel]
+    # a worker's run equals the same run trained alone in this process
+    (plan.runs[2].directory / runner.RESULT).unlink()
+    again = runner.execute(plan, threads=1, say=lambda line: None, fit=CountingFit())
+    assert again[2]["test_acc"] == parallel[2]["test_acc"]
+
+
 def test_command_writes_tables_and_says_where(tmp_path, capsys):
     path = experiment_set(tmp_path, {"synthetic": {"variants": ["paper"]}}, seeds=[0])
     main(["--experiments", str(path), "--runs_dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),

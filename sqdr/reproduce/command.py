@@ -19,11 +19,12 @@ from sqdr.files import check_writable
 from sqdr.options import options_from, options_parser
 from sqdr.reproduce.plan import Plan, load_plan
 from sqdr.reproduce.report import read_published, write_report
-from sqdr.reproduce.runner import Record, execute
+from sqdr.reproduce.runner import Record, execute_in_parallel
 
 EXAMPLES = """examples:
   sqdr reproduce                                   # the quick budget: under 30 minutes on 2 CPU cores, offline
   sqdr reproduce --budget paper                    # the full protocol (downloads MNIST, KMNIST, CIFAR-10 once)
+  sqdr reproduce --budget fashion_mnist --workers 2  # paper model and baselines on all of Fashion-MNIST, 2 at once
   sqdr reproduce --seeds '[0, 1, 2, 3, 4]' --out /tmp/results
 """
 
@@ -33,9 +34,9 @@ class ReproduceOptions:
     """Which experiment set to train, where its runs and results go.
 
     Args:
-        budget: A budget of the experiment set; the shipped one has 'quick' (small data, few epochs, offline)
-            and 'paper' (the full protocol). The budget
-            defines the data sets, their sizes and epochs, the variants and the seeds.
+        budget: A budget of the experiment set; the shipped one has 'quick' (small data, few epochs, offline),
+            'fashion_mnist' (the paper model and the baselines on all of Fashion-MNIST, offline) and 'paper' (the
+            full protocol). The budget defines the data sets, their sizes and epochs, the variants and the seeds.
         experiments: The experiment-set file: model variants as overrides of `sqdr fit` options, and per budget
             the data sets (config, overrides, variants), seeds and noise study.
         published: CSV of published spiking networks (dataset, model, accuracy, params, source) that the
@@ -46,6 +47,8 @@ class ReproduceOptions:
         out: Tables go to <out>/tables/reproduce_<budget>*.csv|md, figures to <out>/figures/, the noise study to
             <out>/noise_<data set>/.
         threads: Intra-op threads of every run (results depend on it: PyTorch splits sums by thread count).
+        workers: Runs trained at once, in as many processes, each taking whole seeds (threads x workers should
+            not exceed the cores).
         noise: Run the noise study of the paper model (seed 0) after training.
     """
 
@@ -56,6 +59,7 @@ class ReproduceOptions:
     runs_dir: str = "runs/reproduce"
     out: str = "results/reproduce"
     threads: PositiveInt = 1
+    workers: PositiveInt = 1
     noise: bool = True
 
 
@@ -96,7 +100,7 @@ def reproduce(options: ReproduceOptions) -> list[Record]:
         raise UserError(f"{options.experiments}: budget {options.budget} has no runs (no data sets or variants).")
     print(f"reproduce {plan.budget}: {len(plan.runs)} runs" + (f" ({plan.about})" if plan.about else ""), flush=True)
     started = time.monotonic()
-    records = execute(plan, options.threads, say=lambda line: print(f"reproduce {line}", flush=True))
+    records = execute_in_parallel(plan, options.threads, options.workers)
     written = write_report(records, published, out, plan.budget)
     noise = noise_study(plan, records, out) if options.noise and plan.noise else None
     done = sum(r["status"] == "done" for r in records)

@@ -16,11 +16,14 @@ next reproduction (once the files are there, or the cause is fixed).
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shlex
 import shutil
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +117,22 @@ def execute(
         records[run.name] = record
         say(f"[{index}/{len(plan.runs)}] {run.name}: {describe(record, collected)}")
     return list(records.values())
+
+
+def execute_in_parallel(plan: Plan, threads: int, workers: int) -> list[Record]:
+    """:func:`execute` with ``workers`` processes, each taking whole seeds (a run depends only on runs of its own
+    seed, so seeds never wait for each other). Records come back in the plan's order."""
+    if workers == 1 or len(plan.seeds) == 1:
+        return execute(plan, threads, say=lambda line: print(f"reproduce {line}", flush=True))
+    parts = [replace(plan, seeds=(seed,), runs=tuple(r for r in plan.runs if r.seed == seed)) for seed in plan.seeds]
+    # spawn, not fork: each worker starts clean instead of inheriting the parent's torch threads and imports.
+    with ProcessPoolExecutor(min(workers, len(parts)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return [record for records in pool.map(_execute_seed, parts, [threads] * len(parts)) for record in records]
+
+
+def _execute_seed(plan: Plan, threads: int) -> list[Record]:
+    seed = plan.seeds[0]
+    return execute(plan, threads, say=lambda line: print(f"reproduce seed {seed} {line}", flush=True))
 
 
 def _attempt(
