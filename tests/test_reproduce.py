@@ -112,7 +112,8 @@ def test_summary_is_mean_and_std_over_seeds_with_ratios_to_published_snns(tmp_pa
     assert "84.00 ± 4.00" in markdown and "91.3" in markdown
     assert "91.3 % of the mean accuracy of 2 published spiking networks (92.00 %) with 0.0803 %" in markdown
     assert "skipped: MNIST is missing from data/MNIST/raw |" in markdown  # the how-to-fix is in the runs CSV
-    assert markdown.count("| mnist ") == 1  # a data set that could not start is one row
+    assert markdown.count("| mnist ") == 2  # a data set that could not start is one row, its published row another
+    assert "| fashion_mnist | B       |         94 | 2000000  | y        |" in markdown
     figures = {"reproduce_quick_fashion_mnist_curves.png", "reproduce_quick_fashion_mnist_params.png"}
     assert {path.name for path in written} >= figures
     assert pd.read_csv(tmp_path / "out" / "tables" / "reproduce_quick.csv")["test_acc_std"][0] == pytest.approx(4.0)

@@ -209,12 +209,22 @@ def claims(table: pd.DataFrame, published: pd.DataFrame) -> list[str]:
     return lines
 
 
+def sources(published: pd.DataFrame, datasets: list[str]) -> str:
+    """The published rows the ratios come from, with their sources, for the data sets of the table."""
+    rows = published[published["dataset"].isin(datasets)]
+    if not len(rows):
+        return ""
+    shown = rows.assign(params=rows["params"].map(_integer))[["dataset", "model", "accuracy", "params", "source"]]
+    return "\nPublished spiking networks the ratios compare with:\n\n" + shown.to_markdown(index=False) + "\n"
+
+
 def write_report(records: list[Record], published: pd.DataFrame, out: Path, budget: str) -> list[Path]:
     """Every table and figure of a reproduction; returns the files written."""
     name = f"reproduce_{budget}"
     table = summary_table(records, published)
     runs = pd.json_normalize(records, sep="_")
     text = markdown(table) + "".join(f"\n{line}\n" for line in claims(table, published))
+    text += sources(published, list(table["dataset"].unique()))
     written = [
         atomic_write(out / "tables" / f"{name}.csv", lambda f: table.to_csv(f, index=False, float_format="%.6g")),
         write_text(out / "tables" / f"{name}.md", text),
