@@ -176,15 +176,20 @@ def test_interrupted_reproduction_trains_only_unfinished_runs(tmp_path):
     assert changed.trained == ["synthetic/classical_layer/seed_0", "synthetic/sqnn/seed_0"]
 
 
-def test_workers_train_seeds_at_once_with_the_results_of_one_worker(tmp_path, capsys):
+def test_workers_train_runs_at_once_with_the_results_of_one_worker(tmp_path):
     path = experiment_set(tmp_path, {"synthetic": {"variants": ["classical_layer", "sqnn"]}}, seeds=[0, 1])
     plan = load_plan(path, "quick", tmp_path / "runs")
+    lines: list[str] = []
 
-    parallel = runner.execute_in_parallel(plan, threads=1, workers=2)
+    parallel = runner.execute(plan, threads=1, say=lines.append, workers=2)
 
     assert [(r["variant"], r["seed"], r["status"]) for r in parallel] == [
         ("classical_layer", 0, "done"), ("sqnn", 0, "done"), ("classical_layer", 1, "done"), ("sqnn", 1, "done")
     ]
+    # each sqnn run started after its classical_layer run had ended
+    ended = [line.split(": ")[0].split("] ")[1] for line in lines]
+    assert ended.index("synthetic/sqnn/seed_0") > ended.index("synthetic/classical_layer/seed_0")
+    assert ended.index("synthetic/sqnn/seed_1") > ended.index("synthetic/classical_layer/seed_1")
     first = CountingFit()
     collected = runner.execute(plan, threads=1, say=lambda line: None, fit=first)
     assert first.trained == []  # every run the workers finished is collected

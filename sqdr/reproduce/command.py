@@ -19,7 +19,7 @@ from sqdr.files import check_writable
 from sqdr.options import options_from, options_parser
 from sqdr.reproduce.plan import Plan, load_plan
 from sqdr.reproduce.report import read_published, write_report
-from sqdr.reproduce.runner import Record, execute_in_parallel
+from sqdr.reproduce.runner import Record, execute
 
 EXAMPLES = """examples:
   sqdr reproduce                                   # the quick budget: under 30 minutes on 2 CPU cores, offline
@@ -47,8 +47,7 @@ class ReproduceOptions:
         out: Tables go to <out>/tables/reproduce_<budget>*.csv|md, figures to <out>/figures/, the noise study to
             <out>/noise_<data set>/.
         threads: Intra-op threads of every run (results depend on it: PyTorch splits sums by thread count).
-        workers: Runs trained at once, in as many processes, each taking whole seeds (threads x workers should
-            not exceed the cores).
+        workers: Runs trained at once, in as many processes (threads x workers should not exceed the cores).
         noise: Run the noise study of the paper model (seed 0) after training.
     """
 
@@ -92,6 +91,10 @@ def noise_study(plan: Plan, records: list[Record], out: Path) -> Path | None:
     return folder
 
 
+def progress(line: str) -> None:
+    print(f"reproduce {line}", flush=True)
+
+
 def reproduce(options: ReproduceOptions) -> list[Record]:
     plan = load_plan(options.experiments, options.budget, options.runs_dir, options.seeds)
     published = read_published(options.published)
@@ -100,7 +103,7 @@ def reproduce(options: ReproduceOptions) -> list[Record]:
         raise UserError(f"{options.experiments}: budget {options.budget} has no runs (no data sets or variants).")
     print(f"reproduce {plan.budget}: {len(plan.runs)} runs" + (f" ({plan.about})" if plan.about else ""), flush=True)
     started = time.monotonic()
-    records = execute_in_parallel(plan, options.threads, options.workers)
+    records = execute(plan, options.threads, say=progress, workers=options.workers)
     written = write_report(records, published, out, plan.budget)
     noise = noise_study(plan, records, out) if options.noise and plan.noise else None
     done = sum(r["status"] == "done" for r in records)

@@ -97,7 +97,7 @@ def markdown(table: pd.DataFrame) -> str:
         "group": table["group"],
         "seeds": table["seeds"],
         "test accuracy %": [_mean_std(m, s) for m, s in zip(table["test_acc_mean"], table["test_acc_std"])],
-        **{f"params {part}": table[f"params_{part}"].map(_integer) for part in (*PARTS, "total")},
+        f"parameters ({' + '.join(PARTS)})": [_split(row) for _, row in table.iterrows()],
         "images/s": table["images_per_s"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f}"),
         "% of SNN accuracy": table["acc_vs_snn"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}"),
         "% of SNN parameters": table["params_vs_snn"].map(lambda v: "-" if pd.isna(v) else f"{v:.3g}"),
@@ -110,6 +110,13 @@ def _mean_std(mean: float, std: float) -> str:
     if pd.isna(mean):
         return "-"
     return f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def _split(row: pd.Series) -> str:
+    """``803 (649 + 54 + 100)``: the total, then the parts in the order of ``PARTS``."""
+    if pd.isna(row["params_total"]):
+        return "-"
+    return f"{int(row['params_total'])} ({' + '.join(str(int(row[f'params_{part}'])) for part in PARTS)})"
 
 
 def _integer(value: float) -> str:
@@ -152,7 +159,7 @@ def plot_pareto(table: pd.DataFrame, published: pd.DataFrame, dataset: str) -> F
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
     ours = table[(table["dataset"] == dataset) & table["test_acc_mean"].notna()]
-    markers = {"paper": "*", "baseline": "s", "ablation": "o"}
+    markers = {"paper": "*", "baseline": "s", "ablation": "o", "tuned": "D"}
     for group, rows in ours.groupby("group", sort=False):
         ax.errorbar(
             rows["params_total"], rows["test_acc_mean"], yerr=rows["test_acc_std"].fillna(0),

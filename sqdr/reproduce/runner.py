@@ -22,8 +22,7 @@ import shutil
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -98,65 +97,90 @@ def identity(run: Run) -> Record:
 
 
 def execute(
-    plan: Plan, threads: int, say: Callable[[str], None] = print, fit: Callable[[Run, list[str], int], Record] = train
+    plan: Plan,
+    threads: int,
+    say: Callable[[str], None] = print,
+    fit: Callable[[Run, list[str], int], Record] = train,
+    workers: int = 1,
 ) -> list[Record]:
-    """Every run of ``plan``: collected if finished, else trained; one progress line per run."""
+    """Every run of ``plan``: collected if finished, else trained, ``workers`` at a time in as many processes.
+
+    A run starts once the run its encoder comes from has ended (so SQNN waits for its ``classical_layer``); one
+    progress line per run as it ends; the records come back in the plan's order.
+    """
     records: dict[str, Record] = {}
     missing_data: dict[str, str] = {}
     attempted: set[str] = set()
-    for index, run in enumerate(plan.runs, 1):
-        dependency = plan.dependency(run)
-        args = run.fit_args(dependency.directory if dependency else None)
-        fresh_encoder = dependency is not None and dependency.name in attempted
-        record = None if fresh_encoder else read_result(run, args)
-        collected = record is not None
-        if record is None:
-            source = records[dependency.name] if dependency else None
-            record = _attempt(run, args, source, missing_data, threads, fit)
-            attempted.add(run.name)
+    waiting = list(plan.runs)
+    running: dict[Future, Run] = {}
+
+    def end(run: Run, record: Record, collected: bool = False, trained: bool = False) -> None:
         records[run.name] = record
-        say(f"[{index}/{len(plan.runs)}] {run.name}: {describe(record, collected)}")
-    return list(records.values())
+        if trained and record["status"] == "skipped":  # its data set is absent: skip its other runs without looking
+            missing_data[run.dataset.name] = record["reason"]
+        say(f"[{len(records)}/{len(plan.runs)}] {run.name}: {describe(record, collected)}")
 
-
-def execute_in_parallel(plan: Plan, threads: int, workers: int) -> list[Record]:
-    """:func:`execute` with ``workers`` processes, each taking whole seeds (a run depends only on runs of its own
-    seed, so seeds never wait for each other). Records come back in the plan's order."""
-    if workers == 1 or len(plan.seeds) == 1:
-        return execute(plan, threads, say=lambda line: print(f"reproduce {line}", flush=True))
-    parts = [replace(plan, seeds=(seed,), runs=tuple(r for r in plan.runs if r.seed == seed)) for seed in plan.seeds]
     # spawn, not fork: each worker starts clean instead of inheriting the parent's torch threads and imports.
-    with ProcessPoolExecutor(min(workers, len(parts)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        return [record for records in pool.map(_execute_seed, parts, [threads] * len(parts)) for record in records]
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
+    try:
+        while waiting or running:
+            ready = [run for run in waiting if _dependency_ended(plan, run, records)]
+            for run in ready:
+                waiting.remove(run)
+                dependency = plan.dependency(run)
+                args = run.fit_args(dependency.directory if dependency else None)
+                fresh_encoder = dependency is not None and dependency.name in attempted
+                record = None if fresh_encoder else read_result(run, args)
+                if record is not None:
+                    end(run, record, collected=True)
+                    continue
+                attempted.add(run.name)
+                skip = _skip(run, records[dependency.name] if dependency else None, missing_data)
+                if skip is not None:
+                    end(run, skip)
+                elif pool is None:
+                    end(run, _attempt(run, args, threads, fit), trained=True)
+                else:
+                    running[pool.submit(_attempt, run, args, threads, fit)] = run
+            if running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    end(running.pop(future), future.result(), trained=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return [records[run.name] for run in plan.runs]
 
 
-def _execute_seed(plan: Plan, threads: int) -> list[Record]:
-    seed = plan.seeds[0]
-    return execute(plan, threads, say=lambda line: print(f"reproduce seed {seed} {line}", flush=True))
+def _dependency_ended(plan: Plan, run: Run, records: dict[str, Record]) -> bool:
+    dependency = plan.dependency(run)
+    return dependency is None or dependency.name in records
 
 
-def _attempt(
-    run: Run, args: list[str], source: Record | None, missing_data: dict[str, str], threads: int, fit: Callable
-) -> Record:
-    """Train ``run`` unless its data or the run its encoder comes from (``source``) is missing; the reason of a
-    skip or failure is kept."""
+def _skip(run: Run, source: Record | None, missing_data: dict[str, str]) -> Record | None:
+    """The record of a run that cannot start: its data set is known to be absent, or the run its encoder comes
+    from (``source``) did not finish."""
     if run.dataset.name in missing_data:
         return {**identity(run), "status": "skipped", "reason": missing_data[run.dataset.name]}
     if source is not None and source["status"] != "done":
         name = f"{source['dataset']}/{source['variant']}/seed_{source['seed']}"
         return {**identity(run), "status": "skipped", "reason": f"needs {name}, which did not finish"}
+    return None
+
+
+def _attempt(run: Run, args: list[str], threads: int, fit: Callable) -> Record:
+    """Train ``run`` from a clean directory; a missing data set (``skipped``) or a failure becomes the record, with
+    the reason."""
     if run.directory.exists():
         shutil.rmtree(run.directory)  # left by a killed or failed attempt, or out of date: start over
     try:
-        record = fit(run, args, threads)
+        return fit(run, args, threads)
     except DatasetNotFoundError as error:
         shutil.rmtree(run.directory, ignore_errors=True)
-        missing_data[run.dataset.name] = str(error)
         return {**identity(run), "status": "skipped", "reason": str(error)}
     except (UserError, ValueError, RuntimeError) as error:
         write_text(run.directory / "FAILED", "".join(traceback.format_exception(error)))
         return {**identity(run), "status": "failed", "reason": f"{type(error).__name__}: {error}"}
-    return record
 
 
 def headline(reason: str) -> str:
