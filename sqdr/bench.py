@@ -23,7 +23,7 @@ from jsonargparse import ArgumentParser
 
 from sqdr.errors import UserError
 
-NAMES = ("train_step", "inference", "encoder", "circuit", "noisy_circuit")
+NAMES = ("train_step", "inference", "encoder", "epoch", "circuit", "noisy_circuit")
 Grid = Literal["default", "full"]
 
 
@@ -50,6 +50,7 @@ def model_cases() -> list[Case]:
         Case("train_step", batch=16, encoder="fast", noise="paper"),
         Case("encoder", batch=128, encoder="fast"),
         Case("encoder", batch=128, encoder="reference"),
+        Case("epoch", batch=128, encoder="fast"),
     ]
 
 
@@ -158,6 +159,29 @@ def workload(case: Case) -> Callable[[], None]:
     return step
 
 
+def training_epoch(case: Case) -> tuple[int, float]:
+    """One epoch of ``sqdr fit`` on all 60,000 Fashion-MNIST training images (no validation split), timed from
+    ``Trainer.fit`` to its end: reading the data, the flips, the batches and Lightning's loop included; no
+    validation, logger or checkpoint. Returns the images trained on and the seconds."""
+    import time
+
+    import lightning.pytorch as pl
+
+    from sqdr.data import FashionMNISTDataModule
+    from sqdr.module import SQDRModule
+
+    data = FashionMNISTDataModule(batch_size=case.batch, val_fraction=0.0, augment=True)
+    data.prepare_data()  # finding or fetching the files is not part of an epoch
+    model = SQDRModule(_model(case), certify_engine="none")
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=data)
+    return len(data.data_train), time.perf_counter() - started
+
+
 def machine() -> dict:
     """What the numbers depend on: cores, threads, library versions."""
     import pennylane
@@ -175,6 +199,11 @@ def measure(case: Case, min_run_time: float) -> dict:
     """Run ``case`` in this process: median seconds per step over at least ``min_run_time`` seconds of steps."""
     from torch.utils.benchmark import Timer
 
+    if case.name == "epoch":
+        images, seconds = training_epoch(case)
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {**asdict(case), "samples_per_s": images / seconds, "median_s": seconds, "runs": 1,
+                "peak_mem_mb": round(peak_mb, 1), **machine()}
     step = workload(case)
     step()  # warm-up: lazy devices, allocator, first-call dispatch
     timing = Timer("step()", globals={"step": step}).blocked_autorange(min_run_time=min_run_time)
@@ -227,6 +256,9 @@ def ratios(rows: list[dict]) -> list[str]:
 
     lines = []
     for r in done:
+        if r["name"] == "epoch":
+            lines.append(f"one training epoch of {r['samples_per_s'] * r['median_s']:,.0f} Fashion-MNIST images at "
+                         f"batch {r['batch']}: {r['median_s']:.1f} s, data loading included")
         key = dict(name=r["name"], n_qubits=r["n_qubits"], n_blocks=r["n_blocks"], batch=r["batch"], noise=r["noise"])
         if r.get("encoder") == "reference" and (fast := find(**key, encoder="fast", engine=r["engine"])):
             ratio = fast["samples_per_s"] / r["samples_per_s"]

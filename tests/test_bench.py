@@ -36,3 +36,10 @@ def test_ratios_compare_fast_and_reference_encoders_of_the_same_run():
 def test_bad_options_are_user_errors(argv, message):
     with pytest.raises(UserError, match=message):
         main(argv)
+
+
+def test_epoch_row_reads_as_seconds_per_epoch():
+    row = {**Case("epoch", batch=128, encoder="fast").__dict__, "samples_per_s": 2000.0, "median_s": 30.0}
+    assert ratios([row]) == [
+        "one training epoch of 60,000 Fashion-MNIST images at batch 128: 30.0 s, data loading included"
+    ]
