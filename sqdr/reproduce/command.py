@@ -45,7 +45,7 @@ class ReproduceOptions:
         runs_dir: Run directories go to <runs_dir>/<budget>/<data set>/<variant>/seed_<s>/; a run with a
             result.json there is collected instead of trained again.
         out: Tables go to <out>/tables/reproduce_<budget>*.csv|md, figures to <out>/figures/, the noise study to
-            <out>/noise_<data set>/.
+            <out>/noise_<budget>_<data set>/.
         threads: Intra-op threads of every run (results depend on it: PyTorch splits sums by thread count).
         workers: Runs trained at once, in as many processes (threads x workers should not exceed the cores).
         noise: Run the noise study of the paper model (seed 0) after training.
@@ -86,7 +86,7 @@ def noise_study(plan: Plan, records: list[Record], out: Path) -> Path | None:
     finished = [r for r in records if (r["dataset"], r["variant"], r["status"]) == (dataset, "paper", "done")]
     if not finished:
         return None
-    folder = out / f"noise_{dataset}"
+    folder = out / f"noise_{plan.budget}_{dataset}"
     run(NoiseOptions(ckpt=finished[0]["run_dir"], out=str(folder), preset="paper", **spec))
     return folder
 
