@@ -125,6 +125,7 @@ def execute(
     try:
         while waiting or running:
             ready = [run for run in waiting if _dependency_ended(plan, run, records)]
+            ended_before = len(records)
             for run in ready:
                 waiting.remove(run)
                 dependency = plan.dependency(run)
@@ -142,6 +143,8 @@ def execute(
                     end(run, _attempt(run, args, threads, fit), trained=True)
                 else:
                     running[pool.submit(_attempt, run, args, threads, fit)] = run
+            if len(records) > ended_before and waiting:
+                continue  # runs that ended here (collected, skipped) may let others start without waiting
             if running:
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
