@@ -15,6 +15,7 @@ next reproduction (once the files are there, or the cause is fixed).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import shlex
@@ -41,10 +42,18 @@ Record = dict[str, Any]
 
 
 def read_result(run: Run, args: list[str]) -> Record | None:
-    """The record of ``run`` if it finished with exactly these ``sqdr fit`` arguments."""
+    """The record of ``run`` if it finished with exactly these ``sqdr fit`` arguments and config files."""
     path = run.directory / RESULT
     record = json.loads(path.read_text()) if path.is_file() else None
-    return record if record is not None and record.get("args") == args else None
+    if record is None or record.get("args") != args or record.get("configs") != config_digests(args):
+        return None
+    return record
+
+
+def config_digests(args: list[str]) -> dict[str, str]:
+    """SHA-256 of every ``--config`` file in ``args``: a config edited in place makes its runs out of date too."""
+    files = [value for flag, value in zip(args, args[1:]) if flag == "--config"]
+    return {name: hashlib.sha256(Path(name).read_bytes()).hexdigest() for name in files if Path(name).is_file()}
 
 
 def model_size(net: Any) -> dict[str, int]:
@@ -86,6 +95,7 @@ def train(run: Run, args: list[str], threads: int) -> Record:
         "fit_seconds": round(fit_seconds, 1),
         "run_dir": str(run_dir),
         "args": args,
+        "configs": config_digests(args),
         "command": f"OMP_NUM_THREADS={threads} sqdr fit {shlex.join(args)}",
     }
     write_text(run.directory / RESULT, json.dumps(record, indent=2) + "\n")
