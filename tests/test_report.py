@@ -142,6 +142,28 @@ def test_single_objective_study_gets_a_history_and_no_pareto_figure(tmp_path, ca
     assert sorted(p.name for p in Path("results/figures").iterdir()) == ["made_history.png"]
 
 
+def test_importance_ranks_the_option_that_drives_accuracy_first(tmp_path, capsys):
+    path = write_study_file(tmp_path, [{"metric": "val/acc_best", "direction": "maximize"}])
+    spec = load_study_file(path)
+    study = optuna.create_study(study_name=spec.name, storage=open_study_storage(spec), direction="maximize")
+    distributions = {
+        "model.lr": FloatDistribution(1e-3, 1e-1, log=True),
+        "model.net.init_args.n_qubits": IntDistribution(2, 6),
+    }
+    for number in range(12):  # accuracy follows n_qubits; lr wanders independently of it
+        n_qubits, lr = 2 + number % 5, 10 ** (-3 + 2 * ((number * 7) % 12) / 11)
+        params = {"model.lr": lr, "model.net.init_args.n_qubits": n_qubits}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, values=[0.1 * n_qubits]))
+
+    report(str(path), "--out", "results")
+
+    importance = pd.read_csv("results/tables/made_importance.csv")
+    assert importance["option"].tolist() == ["n_qubits", "lr"]
+    assert importance["importance"][0] > 0.9 and importance["importance"].sum() == pytest.approx(1.0)
+    assert Path("results/figures/made_importance.png").stat().st_size > 5_000
+    assert "made: importance" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
