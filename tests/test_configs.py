@@ -73,3 +73,28 @@ def test_best_configs_one_cycle_spans_exactly_their_training_steps(name):
     # Each group peaks at its own learning rate, lr or circuit_lr (OneCycleLR starts at max_lr / 25).
     peaks = [group["lr"] * 25 for group in optimizers["optimizer"].param_groups]
     assert peaks == pytest.approx([cli.model.hparams.lr, cli.model.hparams.circuit_lr])
+
+
+def reproduction_runs() -> list:
+    """Seed 0 of every data set and variant of every budget of the shipped experiment set."""
+    from sqdr.reproduce.plan import load_plan
+
+    document = yaml.safe_load((REPO / "conf/reproduce/experiments.yaml").read_text())
+    runs = []
+    for budget in document["budgets"]:
+        plan = load_plan(REPO / "conf/reproduce/experiments.yaml", budget, "runs/reproduce", seeds=[0])
+        runs += [pytest.param(plan, run, id=f"{budget}/{run.dataset.name}/{run.variant.name}") for run in plan.runs]
+    return runs
+
+
+@pytest.mark.parametrize(("plan", "run"), reproduction_runs())
+def test_reproduction_run_resolves_through_the_fit_cli(plan, run, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    dependency = plan.dependency(run)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *run.fit_args(dependency.directory if dependency else None), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    if run.variant.name == "best_1k":  # its own config comes after the data set's overrides and wins
+        assert resolved["trainer"]["max_epochs"] == 4 and resolved["data"]["init_args"]["batch_size"] == 64
+    assert resolved["seed_everything"] == 0
