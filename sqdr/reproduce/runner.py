@@ -76,6 +76,7 @@ def train(run: Run, args: list[str], threads: int) -> Record:
     from sqdr.cli import make_cli
 
     torch.set_num_threads(threads)
+    configs = config_digests(args)  # the files as this run reads them, not as they may be after hours of training
     cli = make_cli(args, run=False)
     cli.datamodule.prepare_data()
     started = time.monotonic()
@@ -95,7 +96,7 @@ def train(run: Run, args: list[str], threads: int) -> Record:
         "fit_seconds": round(fit_seconds, 1),
         "run_dir": str(run_dir),
         "args": args,
-        "configs": config_digests(args),
+        "configs": configs,
         "command": f"OMP_NUM_THREADS={threads} sqdr fit {shlex.join(args)}",
     }
     write_text(run.directory / RESULT, json.dumps(record, indent=2) + "\n")
