@@ -196,23 +196,25 @@ def machine() -> dict:
 
 
 def measure(case: Case, min_run_time: float) -> dict:
-    """Run ``case`` in this process: median seconds per step over at least ``min_run_time`` seconds of steps."""
+    """Run ``case`` in this process: median seconds per step over at least ``min_run_time`` seconds of steps (an
+    ``epoch`` case is one timed epoch)."""
     from torch.utils.benchmark import Timer
 
     if case.name == "epoch":
         images, seconds = training_epoch(case)
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return {**asdict(case), "samples_per_s": images / seconds, "median_s": seconds, "runs": 1,
-                "peak_mem_mb": round(peak_mb, 1), **machine()}
-    step = workload(case)
-    step()  # warm-up: lazy devices, allocator, first-call dispatch
-    timing = Timer("step()", globals={"step": step}).blocked_autorange(min_run_time=min_run_time)
+        samples_per_s, median_s, runs = images / seconds, seconds, 1
+    else:
+        step = workload(case)
+        step()  # warm-up: lazy devices, allocator, first-call dispatch
+        timing = Timer("step()", globals={"step": step}).blocked_autorange(min_run_time=min_run_time)
+        samples_per_s, median_s = case.batch / timing.median, timing.median
+        runs = len(timing.times) * timing.number_per_run
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         **asdict(case),
-        "samples_per_s": case.batch / timing.median,
-        "median_s": timing.median,
-        "runs": len(timing.times) * timing.number_per_run,
+        "samples_per_s": samples_per_s,
+        "median_s": median_s,
+        "runs": runs,
         "peak_mem_mb": round(peak_mb, 1),
         **machine(),
     }
