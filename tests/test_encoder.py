@@ -6,6 +6,8 @@ Outputs, the input gradient and every parameter gradient are compared against
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,7 @@ from sqdr.models.coding import CODERS, direct_code, phase_code
 from sqdr.models.conv import narrow_conv3x3
 from sqdr.models.encoder import EVAL_CHUNK, ReferenceSpikingEncoder, SpikingEncoder, make_neuron, run_neuron
 from sqdr.models.neurons import spiking_neurons
+from sqdr.models.stage import spiking_stage
 
 SURROGATES = ["atan", "fast_sigmoid", "sigmoid", "triangular", "straight_through"]
 
@@ -204,3 +207,62 @@ def test_large_evaluation_batch_in_chunks_equals_one_pass_and_each_sample_alone(
     assert torch.equal(chunked, whole)
     assert torch.equal(chunked[[0, EVAL_CHUNK, batch - 1]], alone)
     assert 0 < chunked.mean() < 1
+
+
+def stage_by_modules(encoder: SpikingEncoder, frames: torch.Tensor, pool: bool) -> torch.Tensor:
+    """The first stage as PyTorch modules and snnTorch stepped one step at a time."""
+    steps, batch = frames.shape[:2]
+    currents = encoder.norms[0](encoder.convs[0](frames.flatten(0, 1)))
+    spikes = run_neuron(encoder.conv_neurons[0], currents.view(steps, batch, *currents.shape[1:])).flatten(0, 1)
+    spikes = encoder.pool(spikes) if pool else spikes
+    return spikes.view(steps, batch, *spikes.shape[1:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("pool", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("surrogate", SURROGATES)
+def test_fused_stage_matches_modules_outputs_gradients_and_running_statistics(dtype, pool, training, surrogate):
+    torch.manual_seed(3)
+    kernel = SpikingEncoder(in_channels=2, channels=[3], out_features=6, neuron="leaky", beta=0.8, threshold=0.7,
+                            surrogate=surrogate, surrogate_slope=3.0).to(dtype)
+    with torch.no_grad():
+        kernel.norms[0].weight.uniform_(0.5, 2.0)
+        kernel.norms[0].bias.uniform_(-0.2, 0.6)
+        kernel.norms[0].running_mean.uniform_(-0.3, 0.3)
+        kernel.norms[0].running_var.uniform_(0.5, 2.0)
+    modules = copy.deepcopy(kernel)
+    kernel.train(training)
+    modules.train(training)
+    frames = torch.rand(6, 5, 2, 9, 9, dtype=dtype)  # odd sides: the pool drops the last row and column
+    out_side = 4 if pool else 9
+    weights = torch.randn(6, 5, 3, out_side, out_side, dtype=dtype)
+    results = []
+    for encoder, stage in ((kernel, lambda x: spiking_stage(x, *first_stage(kernel), pool)),
+                           (modules, lambda x: stage_by_modules(modules, x, pool))):
+        x = frames.clone().requires_grad_(True)
+        spikes = stage(x)
+        (spikes * weights).sum().backward()
+        results.append((spikes.detach(), x.grad, {n: p.grad for n, p in encoder.named_parameters() if p.grad is not None}))
+    (spikes, frame_grad, grads), (ref_spikes, ref_frame_grad, ref_grads) = results
+    assert spikes.dtype == dtype and torch.equal(spikes, ref_spikes)
+    assert 0 < spikes.mean() < 1
+    tolerance = 1e-5 if dtype == torch.float64 else 1e-4
+    for got, want, what in [(frame_grad, ref_frame_grad, "input"), *((grads[n], ref_grads[n], n) for n in ref_grads)]:
+        assert want.abs().sum() > 0, what
+        assert torch.allclose(got, want, rtol=0, atol=tolerance * want.abs().max()), f"{what}: {(got - want).abs().max()}"
+    assert set(grads) == set(ref_grads) == {"convs.0.weight", "norms.0.weight", "norms.0.bias"}
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        got, want = getattr(kernel.norms[0], name), getattr(modules.norms[0], name)
+        assert torch.allclose(got.double(), want.double(), rtol=1e-6, atol=1e-7), name
+
+
+def first_stage(encoder: SpikingEncoder):
+    return encoder.convs[0], encoder.norms[0], encoder.conv_neurons[0]
+
+
+def test_fused_stage_saves_nothing_for_backward_without_gradients():
+    encoder = SpikingEncoder(in_channels=1, channels=[2], out_features=6)
+    with torch.no_grad():
+        spikes = spiking_stage(torch.rand(4, 3, 1, 8, 8), *first_stage(encoder), True)
+    assert spikes.shape == (4, 3, 2, 4, 4) and not spikes.requires_grad

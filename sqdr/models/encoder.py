@@ -18,6 +18,7 @@ from torch import nn
 
 from sqdr.models.conv import narrow_conv3x3
 from sqdr.models.neurons import spiking_neurons
+from sqdr.models.stage import spiking_stage
 
 Neuron = Literal["if", "leaky"]
 Projection = Literal["linear", "spatial"]
@@ -130,7 +131,13 @@ class SpikingEncoder(nn.Module):
     (``bn_affine``) a learned scale and shift. Currents of zero mean and unit variance straddle the threshold:
     at initialisation the plain projection leaves most output neurons silent (on Fashion-MNIST two thirds of
     the rates are exactly 0), so the circuit would start from a nearly constant input.
+
+    The first ``FUSED_STAGES`` stages run as one kernel each (:mod:`sqdr.models.stage`); the others as PyTorch
+    operations on all time steps folded into the batch. The kernel pays off on the first stage (few channels,
+    the largest maps) and was measured slower than PyTorch's kernels on the deeper, wider stages.
     """
+
+    FUSED_STAGES = 1
 
     def __init__(
         self,
@@ -184,9 +191,13 @@ class SpikingEncoder(nn.Module):
         x = frames.reshape(steps * batch, *frames.shape[2:])
         last = len(self.convs) - 1
         for stage, (conv, norm, neuron) in enumerate(zip(self.convs, self.norms, self.conv_neurons)):
+            pool = not (stage == last and self.projection == "spatial")
+            if stage < self.FUSED_STAGES:
+                x = spiking_stage(x.view(steps, batch, *x.shape[1:]), conv, norm, neuron, pool).flatten(0, 1)
+                continue
             currents = norm(self._convolve(conv, x))
             spikes = self._fire(neuron, currents.view(steps, batch, *currents.shape[1:])).flatten(0, 1)
-            x = spikes if stage == last and self.projection == "spatial" else self.pool(spikes)
+            x = self.pool(spikes) if pool else spikes
         if self.projection == "spatial":
             # (T*B, 3, g, g) -> rates (B, 3, g*g) -> qubit-major (B, g*g * 3): feature 3 * cell + channel
             rates = self.grid_pool(x).view(steps, batch, x.shape[1], -1).mean(0)
@@ -233,6 +244,8 @@ class ReferenceSpikingEncoder(SpikingEncoder):
     The plain formulation :class:`SpikingEncoder` is checked against (outputs and gradients), and the
     baseline ``sqdr bench`` times it beside. Same constructor and ``state_dict`` as :class:`SpikingEncoder`.
     """
+
+    FUSED_STAGES = 0
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self._encode(frames)
