@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from sqdr.models.circuit import ReuploadCircuit
+from sqdr.models.noise import NoiseModel
+from sqdr.models.spec import CircuitSpec, resolve_engine
 
 TOLERANCE = 1e-5
 
@@ -213,3 +215,30 @@ def test_deep_fused_circuit_saves_a_few_state_vectors_for_backward_not_one_per_g
     # construction: far below the n_qubits * n_blocks states a per-gate einsum chain keeps.
     assert sum(saved) <= 8 * state_bytes
     assert features.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "n_qubits, n_blocks, noise, expected",
+    [
+        (9, 2, None, "fused"),
+        (24, 2, None, "fused"),  # two blocks never build the full state
+        (20, 3, None, "fused"),
+        (21, 3, None, "lightning"),
+        (10, 3, "paper", "fused"),
+        (11, 3, "paper", "default.mixed"),
+    ],
+)
+def test_auto_engine_picks_fused_until_a_batch_of_states_is_too_large(n_qubits, n_blocks, noise, expected):
+    spec = CircuitSpec(n_qubits, n_blocks, noise=NoiseModel.parse(noise))
+    assert resolve_engine("auto", spec) == expected
+    assert resolve_engine("lightning", spec) == "lightning"  # a named engine is never replaced
+
+
+def test_auto_engine_runs_and_records_the_engine_it_picked():
+    torch.manual_seed(0)
+    auto = ReuploadCircuit(4, 3, engine="auto").double()
+    fused = ReuploadCircuit(4, 3, engine="fused").double()
+    fused.load_state_dict(auto.state_dict())
+    features = torch.rand(5, 12, dtype=torch.float64)
+    assert auto.engine.name == "fused"
+    assert torch.equal(auto(features), fused(features))

@@ -13,7 +13,7 @@ from sqdr.models.noise import NoiseModel
 
 Entangler = Literal["chain", "ring"]
 Readout = Literal["z", "xyz"]
-EngineName = Literal["fused", "lightning", "default.qubit", "default.mixed"]
+EngineName = Literal["auto", "fused", "lightning", "default.qubit", "default.mixed"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,12 @@ ENGINES: dict[str, EngineInfo] = {
     "default.qubit": EngineInfo("default.qubit", "default.qubit", "backprop", noise=False),
     "default.mixed": EngineInfo("default.mixed", "default.mixed", "backprop", noise=True),
 }
-assert tuple(ENGINES) == get_args(EngineName)
+assert ("auto", *ENGINES) == get_args(EngineName)
+
+#: ``auto`` runs ``fused`` while one sample's state has at most this many amplitudes (16 MB in complex128, so
+#: a batch of 64 stays near 1 GB). ``fused`` is faster than ``lightning`` at every size ``sqdr bench`` measures
+#: (two orders of magnitude at 9 qubits); beyond this, holding the whole batch's states is what stops it.
+AUTO_FUSED_MAX_AMPLITUDES = 2**20
 
 #: The single-qubit Paulis each readout measures on every qubit, in output order: ``xyz`` returns all ``<Z_i>``
 #: first, so whatever reads the leading values (the ``none`` head) sees the same ``<Z_i>`` under either readout.
@@ -44,7 +49,7 @@ assert tuple(READOUT_PAULIS) == get_args(Readout)
 def engine_info(name: str) -> EngineInfo:
     """The :class:`EngineInfo` of ``name``, or a ``ValueError`` listing the known engines."""
     if name not in ENGINES:
-        raise ValueError(f"Unknown engine {name!r}; choose one of {list(ENGINES)}.")
+        raise ValueError(f"Unknown engine {name!r}; choose one of {list(get_args(EngineName))}.")
     return ENGINES[name]
 
 
@@ -88,3 +93,20 @@ class CircuitSpec:
     @property
     def n_outputs(self) -> int:
         return len(self.paulis) * self.n_qubits
+
+
+def resolve_engine(name: str, spec: CircuitSpec) -> str:
+    """``name``, or for ``auto`` the faster exact engine for ``spec``'s size.
+
+    ``auto`` is ``fused`` unless one sample's state, a vector of ``2**n`` amplitudes (a density matrix of
+    ``4**n`` under noise), exceeds :data:`AUTO_FUSED_MAX_AMPLITUDES`; then ``lightning`` (``default.mixed`` under
+    noise), which simulates one sample at a time. Circuits of one or two blocks never build the full state in
+    ``fused`` (see :mod:`sqdr.models.engines.fused`), so they always run there.
+    """
+    if name != "auto":
+        return name
+    amplitudes = 4**spec.n_qubits if spec.noise else 2**spec.n_qubits
+    if spec.n_blocks <= 2 or amplitudes <= AUTO_FUSED_MAX_AMPLITUDES:
+        return "fused"
+    return "default.mixed" if spec.noise else "lightning"
+

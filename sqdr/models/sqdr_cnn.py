@@ -80,7 +80,9 @@ class SQDRCNN(nn.Module):
         n_qubits: qubits of the re-upload circuit; the encoder emits 3 angles per qubit.
         n_blocks: re-upload blocks (data rotation, trainable rotation, entangler between blocks).
         engine: circuit simulator: ``fused`` (fast, exact), ``lightning`` (PennyLane adjoint),
-            ``default.qubit``, ``default.mixed`` (PennyLane's noisy reference).
+            ``default.qubit``, ``default.mixed`` (PennyLane's noisy reference), or ``auto``: ``fused`` unless a
+            sample's state is too large to hold a batch of them, then ``lightning`` (``default.mixed`` under
+            noise). Runs record the engine that ran.
         noise: hardware noise: ``paper``, or a dict such as ``{depolarizing: 0.05}`` (channels: bit_flip,
             phase_flip, depolarizing, amplitude_damping (a probability or ``feature``), phase_damping).
         shots: measurement samples per expectation (null: exact expectations).
