@@ -354,7 +354,8 @@ def test_worker_killed_mid_trial_is_failed_by_heartbeat_and_retried_on_sqlite(tm
 
 
 def test_interrupted_study_resumes_with_only_the_remaining_trials(tmp_path):
-    path = write_study(tmp_path, "resume", n_trials=2, overrides=LONGER_TRIALS)
+    # three epochs a trial: the stop must land inside the second trial even on a busy machine
+    path = write_study(tmp_path, "resume", n_trials=2, overrides={**LONGER_TRIALS, "trainer.max_epochs": 3})
     process = start_sweep([str(path)], tmp_path)
     wait_for(lambda: stored_states(path).get("COMPLETE", 0) >= 1, 120, "a first complete trial")
     os.kill(process.pid, signal.SIGTERM)  # as a scheduler or Ctrl-C would stop it
