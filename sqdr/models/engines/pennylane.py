@@ -66,23 +66,6 @@ def reupload_circuit(spec: CircuitSpec, data, weights):
     return measurements(spec)
 
 
-def pauli_expectations(states: np.ndarray, spec: CircuitSpec) -> np.ndarray:
-    """The readout's expectations ``(B, spec.n_outputs)`` from state vectors ``(B, 2**n)`` (wire 0 the most
-    significant bit, as in PennyLane), in the order of :func:`measurements`.
-
-    With ``a``, ``b`` the amplitudes where qubit ``i`` is 0 and 1: ``<Z_i> = |a|² - |b|²``,
-    ``<X_i> = 2 Re(a* b)``, ``<Y_i> = 2 Im(a* b)``, each summed over the other qubits.
-    """
-    states = states.reshape(len(states), *(2,) * spec.n_qubits)
-    values = {}
-    for wire in range(spec.n_qubits):
-        zero, one = states.take(0, axis=wire + 1), states.take(1, axis=wire + 1)
-        overlap = (zero.conj() * one).reshape(len(states), -1).sum(1)
-        values["Z", wire] = (np.abs(zero) ** 2 - np.abs(one) ** 2).reshape(len(states), -1).sum(1)
-        values["X", wire], values["Y", wire] = 2 * overlap.real, 2 * overlap.imag
-    return np.stack([values[name, wire] for name in spec.paulis for wire in range(spec.n_qubits)], axis=1)
-
-
 def reupload_tape(spec: CircuitSpec, data: np.ndarray, weights: np.ndarray) -> qml.tape.QuantumScript:
     """The noiseless circuit for one sample as a tape, built directly (no QNode, no queuing, no transforms).
 
@@ -109,13 +92,11 @@ class LightningAdjoint(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, data: torch.Tensor, weights: torch.Tensor, device, spec: CircuitSpec) -> torch.Tensor:
+        config = ExecutionConfig(gradient_method="adjoint")
         angles = weights.detach().double().cpu().numpy()
         tapes = [reupload_tape(spec, sample, angles) for sample in data.detach().double().cpu().numpy()]
-        ctx.tapes, ctx.device, ctx.config, ctx.spec = tapes, device, ExecutionConfig(gradient_method="adjoint"), spec
-        # The device's final state, then every expectation from it: one state per sample instead of one
-        # device expectation call per measured Pauli (measured 3x faster at 9 qubits).
-        states = device.execute([qml.tape.QuantumScript(tape.operations, [qml.state()]) for tape in tapes])
-        return torch.tensor(pauli_expectations(np.array(states), spec), dtype=data.dtype)
+        ctx.tapes, ctx.device, ctx.config, ctx.spec = tapes, device, config, spec
+        return torch.tensor(np.array(device.execute(tapes, config)), dtype=data.dtype)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
