@@ -206,7 +206,9 @@ def measure(case: Case, min_run_time: float) -> dict:
     else:
         step = workload(case)
         step()  # warm-up: lazy devices, allocator, first-call dispatch
-        timing = Timer("step()", globals={"step": step}).blocked_autorange(min_run_time=min_run_time)
+        # Timer runs single-threaded unless told otherwise; measure with the threads training uses.
+        timer = Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
+        timing = timer.blocked_autorange(min_run_time=min_run_time)
         samples_per_s, median_s = case.batch / timing.median, timing.median
         runs = len(timing.times) * timing.number_per_run
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
