@@ -4,6 +4,7 @@ Stateless layers (convolution, batch norm, pooling, linear) run once on all time
 batch, which is both faster and what the reference does (its BatchNorm sees T x B samples). Only the
 neurons step through time, with their membrane potential kept as a local variable of ``forward``:
 no hidden state survives a call, so two models never share state and no global reset is needed.
+The first stage, the costliest, runs as one kernel (:mod:`sqdr.models.stage`) that computes the same.
 """
 
 from __future__ import annotations
