@@ -97,10 +97,15 @@ def spiking_neurons(
 ) -> torch.Tensor:
     """Spikes of neurons with membrane decay ``beta`` (1 for integrate-and-fire) for ``currents`` ``(T, ...)``.
 
-    ``beta`` is clamped to [0, 1] as snnTorch does; ``threshold`` must be positive (a neuron with a threshold at
-    or below its resting potential fires without input).
+    ``beta`` and ``threshold`` as :func:`checked_dynamics` returns them.
     """
+    beta, threshold = checked_dynamics(beta, threshold)
+    return SpikingNeuronFunction.apply(currents.contiguous(), beta, threshold, surrogate, float(slope))
+
+
+def checked_dynamics(beta: float, threshold: float) -> tuple[float, float]:
+    """``beta`` clamped to [0, 1] as snnTorch does, and ``threshold``, which must be positive (a neuron with a
+    threshold at or below its resting potential fires without input)."""
     if threshold <= 0:
         raise ValueError(f"threshold must be positive, got {threshold}.")
-    beta = min(max(float(beta), 0.0), 1.0)
-    return SpikingNeuronFunction.apply(currents.contiguous(), beta, float(threshold), surrogate, float(slope))
+    return min(max(float(beta), 0.0), 1.0), float(threshold)

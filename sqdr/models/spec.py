@@ -109,4 +109,3 @@ def resolve_engine(name: str, spec: CircuitSpec) -> str:
     if spec.n_blocks <= 2 or amplitudes <= AUTO_FUSED_MAX_AMPLITUDES:
         return "fused"
     return "default.mixed" if spec.noise else "lightning"
-

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from sqdr.models import stage_kernels as kernels
-from sqdr.models.neurons import SURROGATES
+from sqdr.models.neurons import SURROGATES, checked_dynamics
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -110,12 +110,9 @@ def spiking_stage(frames: torch.Tensor, conv: nn.Conv2d, norm: nn.BatchNorm2d, n
     """``pool(spikes(norm(conv(frames))))`` for frames ``(T, B, C, H, W)``: spikes ``(T, B, O, H', W')``.
 
     ``neuron`` is the snnTorch module whose ``beta``, ``threshold`` and surrogate the stage uses, as
-    :func:`sqdr.models.encoder.fire` reads them (``beta`` clamped to [0, 1]; the threshold must be positive).
+    :func:`sqdr.models.encoder.fire` reads them, checked by :func:`sqdr.models.neurons.checked_dynamics`.
     """
-    threshold = neuron.threshold.item()
-    if threshold <= 0:
-        raise ValueError(f"threshold must be positive, got {threshold}.")
-    beta = min(max(neuron.beta.item(), 0.0), 1.0)
+    beta, threshold = checked_dynamics(neuron.beta.item(), neuron.threshold.item())
     spike_grad = neuron.spike_grad
     inputs = (frames, conv.weight, norm.weight, norm.bias)
     save = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in inputs)
