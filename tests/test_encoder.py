@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from sqdr.models.coding import CODERS, direct_code, phase_code
-from sqdr.models.conv import narrow_conv3x3
 from sqdr.models.encoder import EVAL_CHUNK, ReferenceSpikingEncoder, SpikingEncoder, make_neuron, run_neuron
 from sqdr.models.neurons import spiking_neurons
-from sqdr.models.stage import spiking_stage
+from sqdr.models.stage import conv3x3, norm_fire_pool
 
 SURROGATES = ["atan", "fast_sigmoid", "sigmoid", "triangular", "straight_through"]
 
@@ -167,17 +166,30 @@ def test_non_positive_threshold_is_a_clear_error():
         spiking_neurons(torch.zeros(2, 3), beta=1.0, threshold=0.0, surrogate="atan", slope=2.0)
 
 
-@pytest.mark.parametrize("in_channels, out_channels", [(1, 2), (2, 4), (3, 5)])
-def test_narrow_convolution_gradients_equal_pytorch(in_channels, out_channels):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("in_channels, out_channels, height, width", [(1, 2, 28, 28), (2, 4, 14, 14), (3, 5, 9, 7)])
+def test_kernel_convolution_matches_pytorch_outputs_and_gradients(dtype, in_channels, out_channels, height, width):
     torch.manual_seed(in_channels)
-    x = torch.randn(6, in_channels, 9, 7, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(out_channels, in_channels, 3, 3, dtype=torch.float64, requires_grad=True)
-    upstream = torch.randn(6, out_channels, 9, 7, dtype=torch.float64)
-    expected = torch.autograd.grad((F.conv2d(x, weight, padding=1) * upstream).sum(), (x, weight))
-    got = torch.autograd.grad((narrow_conv3x3(x, weight) * upstream).sum(), (x, weight))
-    assert torch.allclose(narrow_conv3x3(x, weight), F.conv2d(x, weight, padding=1), atol=1e-12)
+    x = torch.randn(6, in_channels, height, width, dtype=dtype, requires_grad=True)
+    weight = torch.randn(out_channels, in_channels, 3, 3, dtype=dtype, requires_grad=True)
+    upstream = torch.randn(6, out_channels, height, width, dtype=dtype)
+    expected_out = F.conv2d(x, weight, padding=1)
+    expected = torch.autograd.grad((expected_out * upstream).sum(), (x, weight))
+    out = conv3x3(x, weight)
+    got = torch.autograd.grad((out * upstream).sum(), (x, weight))
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    assert out.dtype == dtype
+    assert torch.allclose(out, expected_out, rtol=0, atol=tolerance * expected_out.abs().max().item())
     for a, b in zip(got, expected):
-        assert torch.allclose(a, b, atol=1e-10)
+        assert torch.allclose(a, b, rtol=0, atol=tolerance * b.abs().max().item())
+
+
+def test_kernel_convolution_without_input_gradient_gives_the_weight_gradient():
+    x = torch.rand(4, 1, 8, 8)
+    weight = torch.randn(2, 1, 3, 3, requires_grad=True)
+    (got,) = torch.autograd.grad(conv3x3(x, weight).square().sum(), weight)
+    (want,) = torch.autograd.grad(F.conv2d(x, weight, padding=1).square().sum(), weight)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_phase_coding_matches_the_bitwise_definition_for_every_8_bit_level():
@@ -238,7 +250,7 @@ def test_fused_stage_matches_modules_outputs_gradients_and_running_statistics(dt
     out_side = 4 if pool else 9
     weights = torch.randn(6, 5, 3, out_side, out_side, dtype=dtype)
     results = []
-    for encoder, stage in ((kernel, lambda x: spiking_stage(x, *first_stage(kernel), pool)),
+    for encoder, stage in ((kernel, lambda x: stage_by_kernels(kernel, x, pool)),
                            (modules, lambda x: stage_by_modules(modules, x, pool))):
         x = frames.clone().requires_grad_(True)
         spikes = stage(x)
@@ -257,12 +269,15 @@ def test_fused_stage_matches_modules_outputs_gradients_and_running_statistics(dt
         assert torch.allclose(got.double(), want.double(), rtol=1e-6, atol=1e-7), name
 
 
-def first_stage(encoder: SpikingEncoder):
-    return encoder.convs[0], encoder.norms[0], encoder.conv_neurons[0]
+def stage_by_kernels(encoder: SpikingEncoder, frames: torch.Tensor, pool: bool) -> torch.Tensor:
+    """The first stage as the fast encoder runs it: the kernel convolution, then batch norm, neurons and pool."""
+    currents = conv3x3(frames.flatten(0, 1), encoder.convs[0].weight)
+    currents = currents.view(*frames.shape[:2], *currents.shape[1:])
+    return norm_fire_pool(currents, encoder.norms[0], encoder.conv_neurons[0], pool)
 
 
 def test_fused_stage_saves_nothing_for_backward_without_gradients():
     encoder = SpikingEncoder(in_channels=1, channels=[2], out_features=6)
     with torch.no_grad():
-        spikes = spiking_stage(torch.rand(4, 3, 1, 8, 8), *first_stage(encoder), True)
+        spikes = stage_by_kernels(encoder, torch.rand(4, 3, 1, 8, 8), True)
     assert spikes.shape == (4, 3, 2, 4, 4) and not spikes.requires_grad

@@ -4,7 +4,7 @@ Stateless layers (convolution, batch norm, pooling, linear) run once on all time
 batch, which is both faster and what the reference does (its BatchNorm sees T x B samples). Only the
 neurons step through time, with their membrane potential kept as a local variable of ``forward``:
 no hidden state survives a call, so two models never share state and no global reset is needed.
-The first stage, the costliest, runs as one kernel (:mod:`sqdr.models.stage`) that computes the same.
+Each stage's batch norm, neurons and pooling run as one kernel (:mod:`sqdr.models.stage`) that computes the same.
 """
 
 from __future__ import annotations
@@ -17,16 +17,15 @@ import torch
 from snntorch import surrogate as snn_surrogate
 from torch import nn
 
-from sqdr.models.conv import narrow_conv3x3
 from sqdr.models.neurons import spiking_neurons
-from sqdr.models.stage import spiking_stage
+from sqdr.models.stage import conv3x3, norm_fire_pool
 
 Neuron = Literal["if", "leaky"]
 Projection = Literal["linear", "spatial"]
 ProjectNorm = Literal["none", "bn", "bn_affine"]
 Surrogate = Literal["atan", "fast_sigmoid", "sigmoid", "triangular", "straight_through"]
 
-# Convolutions with fewer input channels than this take the backward pass of sqdr.models.conv (measured faster).
+# Convolutions with fewer input channels than this run on sqdr.models.stage's kernel, wider ones on oneDNN (measured).
 NARROW = 4
 
 # Samples per chunk when a large batch is encoded in evaluation mode (measured: 64 to 128 are fastest per image).
@@ -133,12 +132,10 @@ class SpikingEncoder(nn.Module):
     at initialisation the plain projection leaves most output neurons silent (on Fashion-MNIST two thirds of
     the rates are exactly 0), so the circuit would start from a nearly constant input.
 
-    The first ``FUSED_STAGES`` stages run as one kernel each (:mod:`sqdr.models.stage`); the others as PyTorch
-    operations on all time steps folded into the batch. The kernel pays off on the first stage (few channels,
-    the largest maps) and was measured slower than PyTorch's kernels on the deeper, wider stages.
+    Each stage is two autograd nodes (:mod:`sqdr.models.stage`): the convolution, on all time steps folded into
+    the batch (a numba kernel below ``NARROW`` input channels, oneDNN above, whichever was measured faster), and
+    batch norm, the neurons over all T steps and the max pool as one kernel.
     """
-
-    FUSED_STAGES = 1
 
     def __init__(
         self,
@@ -193,12 +190,7 @@ class SpikingEncoder(nn.Module):
         last = len(self.convs) - 1
         for stage, (conv, norm, neuron) in enumerate(zip(self.convs, self.norms, self.conv_neurons)):
             pool = not (stage == last and self.projection == "spatial")
-            if stage < self.FUSED_STAGES:
-                x = spiking_stage(x.view(steps, batch, *x.shape[1:]), conv, norm, neuron, pool).flatten(0, 1)
-                continue
-            currents = norm(self._convolve(conv, x))
-            spikes = self._fire(neuron, currents.view(steps, batch, *currents.shape[1:])).flatten(0, 1)
-            x = self.pool(spikes) if pool else spikes
+            x = self._stage(x, steps, conv, norm, neuron, pool)
         if self.projection == "spatial":
             # (T*B, 3, g, g) -> rates (B, 3, g*g) -> qubit-major (B, g*g * 3): feature 3 * cell + channel
             rates = self.grid_pool(x).view(steps, batch, x.shape[1], -1).mean(0)
@@ -207,8 +199,11 @@ class SpikingEncoder(nn.Module):
         return self._fire(self.out_neuron, currents.view(steps, batch, -1)).mean(0)
 
     @staticmethod
-    def _convolve(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        return narrow_conv3x3(x, conv.weight) if conv.in_channels < NARROW else conv(x)
+    def _stage(x: torch.Tensor, steps: int, conv: nn.Conv2d, norm: nn.BatchNorm2d, neuron: snn.Leaky, pool: bool):
+        """One stage on frames ``(T * B, C, H, W)``: two autograd nodes, the convolution and the rest."""
+        currents = conv3x3(x, conv.weight) if conv.in_channels < NARROW else conv(x)
+        spikes = norm_fire_pool(currents.view(steps, -1, *currents.shape[1:]), norm, neuron, pool)
+        return spikes.flatten(0, 1)
 
     @staticmethod
     def _fire(neuron: snn.Leaky, currents: torch.Tensor) -> torch.Tensor:
@@ -246,14 +241,14 @@ class ReferenceSpikingEncoder(SpikingEncoder):
     baseline ``sqdr bench`` times it beside. Same constructor and ``state_dict`` as :class:`SpikingEncoder`.
     """
 
-    FUSED_STAGES = 0
-
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self._encode(frames)
 
-    @staticmethod
-    def _convolve(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        return conv(x)
+    def _stage(self, x: torch.Tensor, steps: int, conv: nn.Conv2d, norm: nn.BatchNorm2d, neuron: snn.Leaky,
+               pool: bool) -> torch.Tensor:
+        currents = norm(conv(x))
+        spikes = run_neuron(neuron, currents.view(steps, -1, *currents.shape[1:])).flatten(0, 1)
+        return self.pool(spikes) if pool else spikes
 
     @staticmethod
     def _fire(neuron: snn.Leaky, currents: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,9 @@
-"""One encoder stage (conv 3x3 -> batch norm -> spiking neurons over T steps -> 2x2 max pool) as one autograd node.
+"""An encoder stage's two autograd nodes: a narrow 3x3 convolution, and batch norm -> spiking neurons over all
+T steps -> 2x2 max pool.
 
-The stage computes what ``pool(fire(neuron, norm(conv(x))))`` computes with PyTorch's modules, batch-norm
-statistics and their running averages included, with the kernels of :mod:`sqdr.models.stage_kernels`; the
-modules stay the owners of the parameters and buffers, so checkpoints and the step-by-step reference encoder
-are unchanged.
+Both compute what PyTorch's modules and snnTorch stepped through time compute (batch-norm statistics and their
+running averages included), with the kernels of :mod:`sqdr.models.stage_kernels`. The modules stay the owners
+of the parameters and buffers, so checkpoints and the step-by-step reference encoder are unchanged.
 """
 
 from __future__ import annotations
@@ -22,16 +22,46 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().contiguous().numpy()
 
 
+def _tensor(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(array).to(like.dtype)
+
+
 def _use_torch_threads() -> None:
     """Run numba's parallel loops on as many threads as PyTorch uses (one per worker in a parallel sweep)."""
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
-def batch_statistics(norm: nn.BatchNorm2d, frames: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and biased variance of the convolution's outputs per channel, over time steps, samples and pixels,
-    with ``norm``'s running averages updated as ``BatchNorm2d`` does in training."""
-    moments = kernels.conv_moments(frames, weight).sum(0)
-    count = frames.shape[0] * frames.shape[1] * frames.shape[3] * frames.shape[4]
+class Conv3x3Function(torch.autograd.Function):
+    """``conv2d(x, weight, padding=1)`` for frames ``(N, C, H, W)`` and a 3x3 kernel without bias."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        _use_torch_threads()
+        ctx.save_for_backward(x, weight)
+        return torch.from_numpy(kernels.conv3x3(_numpy(x), _numpy(weight)))
+
+    @staticmethod
+    def backward(ctx, grad):
+        _use_torch_threads()
+        x, weight = ctx.saved_tensors
+        weight_grads, input_grads = kernels.conv3x3_gradients(
+            _numpy(grad.to(x.dtype)), _numpy(x), _numpy(weight), ctx.needs_input_grad[0]
+        )
+        return (_tensor(input_grads, x) if ctx.needs_input_grad[0] else None), _tensor(weight_grads.sum(0), weight)
+
+
+def conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.conv2d(x, weight, padding=1)`` by :class:`Conv3x3Function` (faster than oneDNN with one input channel)."""
+    if weight.shape[-2:] != (3, 3):
+        raise ValueError(f"conv3x3 takes 3x3 kernels, got {tuple(weight.shape[-2:])}.")
+    return Conv3x3Function.apply(x, weight)
+
+
+def batch_statistics(norm: nn.BatchNorm2d, conv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and biased variance per channel of ``conv`` ``(N, O, H, W)``, with ``norm``'s running averages
+    updated as ``BatchNorm2d`` does in training."""
+    moments = kernels.channel_moments(conv).sum(0)
+    count = conv.shape[0] * conv.shape[2] * conv.shape[3]
     mean = moments[:, 0] / count
     var = np.maximum(moments[:, 1] / count - mean * mean, 0.0)
     if norm.track_running_stats:
@@ -44,76 +74,68 @@ def batch_statistics(norm: nn.BatchNorm2d, frames: np.ndarray, weight: np.ndarra
     return mean, var
 
 
-class SpikingStageFunction(torch.autograd.Function):
-    """Spikes of a stage ``(T, B, O, H', W')`` from its input frames ``(T, B, C, H, W)``.
+class NormFirePoolFunction(torch.autograd.Function):
+    """Spikes ``(T, B, O, H', W')`` of neurons driven by batch norm of the convolution outputs ``(T, B, O, H, W)``.
 
-    Saved for backward: the input frames and the neurons' membrane potentials before reset; the convolution's
-    outputs are recomputed, not stored.
+    Saved for backward: the convolution outputs and the neurons' membrane potentials before reset.
     """
 
     @staticmethod
-    def forward(ctx, frames, weight, gamma, bias, norm, beta, threshold, surrogate, slope, pool, save):
+    def forward(ctx, conv, gamma, bias, norm, beta, threshold, surrogate, slope, pool, save):
         _use_torch_threads()
-        x, w = _numpy(frames), _numpy(weight)
+        c = _numpy(conv)
         batch_stats = norm.training or not norm.track_running_stats
         if batch_stats:
-            mean, var = batch_statistics(norm, x, w)
+            mean, var = batch_statistics(norm, c.reshape(-1, *c.shape[2:]))
         else:
             mean, var = norm.running_mean.double().numpy(), norm.running_var.double().numpy()
         invstd = 1.0 / np.sqrt(var + norm.eps)
         gain = gamma.detach().double().numpy() * invstd
         shift = bias.detach().double().numpy() - mean * gain
-        dtype = x.dtype.type
-        potentials = np.empty(
-            (x.shape[0], x.shape[1], w.shape[0], x.shape[3], x.shape[4]) if save else (0,) * 5,
-            x.dtype,
+        dtype = c.dtype.type
+        potentials = np.empty(c.shape if save else (0,) * 5, c.dtype)
+        spikes = kernels.norm_fire_pool(
+            c, gain.astype(dtype), shift.astype(dtype), dtype(beta), dtype(threshold), pool, potentials
         )
-        spikes = kernels.stage_forward(
-            x, w, gain.astype(dtype), shift.astype(dtype), dtype(beta), dtype(threshold), pool, potentials
-        )
-        ctx.save_for_backward(frames, weight, torch.from_numpy(potentials))
+        ctx.save_for_backward(conv, torch.from_numpy(potentials))
         ctx.numbers = (mean, invstd, gain, batch_stats, beta, threshold, SURROGATES.index(surrogate), slope, pool)
         return torch.from_numpy(spikes)
 
     @staticmethod
     def backward(ctx, grad_spikes):
         _use_torch_threads()
-        frames, weight, potentials = ctx.saved_tensors
+        conv, potentials = ctx.saved_tensors
         mean, invstd, gain, batch_stats, beta, threshold, code, slope, pool = ctx.numbers
-        x, w = _numpy(frames), _numpy(weight)
-        dtype = x.dtype.type
+        c, u = _numpy(conv), potentials.numpy()
+        dtype = c.dtype.type
         current_grads, sums = kernels.current_gradients(
-            _numpy(grad_spikes.to(frames.dtype)), potentials.numpy(), x, w, mean, invstd,
-            dtype(beta), dtype(threshold), code, kernels.surrogate_constants(code, slope, x.dtype), pool,
+            _numpy(grad_spikes.to(conv.dtype)), u, c, mean, invstd,
+            dtype(beta), dtype(threshold), code, kernels.surrogate_constants(code, slope, c.dtype), pool,
         )
         grad_bias, grad_gamma = sums.sum(0).T
-        count = potentials.shape[0] * potentials.shape[1] * potentials.shape[3] * potentials.shape[4]
+        count = u.shape[0] * u.shape[1] * u.shape[3] * u.shape[4]
         zeros = np.zeros_like(grad_bias)
         grad_mean, grad_xhat_mean = (grad_bias / count, grad_gamma / count) if batch_stats else (zeros, zeros)
-        weight_grads, input_grads = kernels.conv_gradients(
-            current_grads, x, w, mean, invstd, gain, grad_mean, grad_xhat_mean, ctx.needs_input_grad[0]
+        flat = (-1, *c.shape[2:])
+        conv_grads = kernels.norm_gradients(
+            current_grads.reshape(flat), c.reshape(flat), mean, invstd, gain, grad_mean, grad_xhat_mean
         )
-
-        def tensor(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(array).to(like.dtype)
-
         return (
-            tensor(input_grads, frames) if ctx.needs_input_grad[0] else None,
-            tensor(weight_grads.sum(0), weight),
-            tensor(grad_gamma, weight),
-            tensor(grad_bias, weight),
+            torch.from_numpy(conv_grads.reshape(c.shape)),
+            _tensor(grad_gamma, conv),
+            _tensor(grad_bias, conv),
             *(None,) * 7,
         )
 
 
-def spiking_stage(frames: torch.Tensor, conv: nn.Conv2d, norm: nn.BatchNorm2d, neuron: snn.Leaky, pool: bool):
-    """``pool(spikes(norm(conv(frames))))`` for frames ``(T, B, C, H, W)``: spikes ``(T, B, O, H', W')``.
+def norm_fire_pool(conv: torch.Tensor, norm: nn.BatchNorm2d, neuron: snn.Leaky, pool: bool) -> torch.Tensor:
+    """``pool(spikes(norm(conv)))`` for convolution outputs ``(T, B, O, H, W)``: spikes ``(T, B, O, H', W')``.
 
-    ``neuron`` is the snnTorch module whose ``beta``, ``threshold`` and surrogate the stage uses, as
+    ``neuron`` is the snnTorch module whose ``beta``, ``threshold`` and surrogate the neurons use, as
     :func:`sqdr.models.encoder.fire` reads them, checked by :func:`sqdr.models.neurons.checked_dynamics`.
     """
     beta, threshold = checked_dynamics(neuron.beta.item(), neuron.threshold.item())
     spike_grad = neuron.spike_grad
-    inputs = (frames, conv.weight, norm.weight, norm.bias)
+    inputs = (conv, norm.weight, norm.bias)
     save = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in inputs)
-    return SpikingStageFunction.apply(*inputs, norm, beta, threshold, spike_grad.name, spike_grad.slope, pool, save)
+    return NormFirePoolFunction.apply(*inputs, norm, beta, threshold, spike_grad.name, spike_grad.slope, pool, save)
