@@ -4,7 +4,7 @@ import sys
 import numpy as np
 import pytest
 
-from sqdr.memory import retain_freed_memory
+from sqdr.models.memory import retain_freed_memory
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="tunes glibc's malloc")

@@ -14,11 +14,11 @@ import snntorch as snn
 import torch
 from torch import nn
 
-from sqdr.memory import retain_freed_memory
+from sqdr.models.memory import retain_freed_memory
 from sqdr.models import stage_kernels as kernels
 from sqdr.models.neurons import SURROGATES, checked_dynamics
 
-# The stages' large intermediates are allocated and freed at every step (see sqdr.memory).
+# The stages' large intermediates are allocated and freed at every step (see sqdr.models.memory).
 retain_freed_memory()
 
 
