@@ -170,20 +170,29 @@ def _pool(plane, out):
 @njit(cache=True, error_model="numpy")
 def _unpool(grad, potentials, threshold, out):
     """Max pool's backward on spikes ``potentials > threshold``: a window's gradient goes to its first spiking
-    pixel in raster order, or to its first pixel if none fired (ATen's choice of the maximum's index)."""
+    pixel in raster order, or to its first pixel if none fired (ATen's choice of the maximum's index).
+
+    Written as arithmetic on 0/1 spikes rather than conditions: random spikes make branches mispredict.
+    """
     zero = threshold - threshold  # typed like the data (see surrogate_constants)
+    one = threshold / threshold
     out[:, :] = zero
     for i in range(grad.shape[0]):
         top, bottom = potentials[2 * i], potentials[2 * i + 1]
         top_out, bottom_out = out[2 * i], out[2 * i + 1]
         for j in range(grad.shape[1]):
             g = grad[i, j]
-            a, b = top[2 * j] > threshold, top[2 * j + 1] > threshold
-            c, d = bottom[2 * j] > threshold, bottom[2 * j + 1] > threshold
-            top_out[2 * j] = g if a or not (b or c or d) else zero
-            top_out[2 * j + 1] = g if b and not a else zero
-            bottom_out[2 * j] = g if c and not (a or b) else zero
-            bottom_out[2 * j + 1] = g if d and not (a or b or c) else zero
+            a = one if top[2 * j] > threshold else zero
+            b = one if top[2 * j + 1] > threshold else zero
+            c = one if bottom[2 * j] > threshold else zero
+            d = one if bottom[2 * j + 1] > threshold else zero
+            not_a = one - a
+            not_ab = not_a * (one - b)
+            not_abc = not_ab * (one - c)
+            top_out[2 * j] = g * (a + not_abc * (one - d))
+            top_out[2 * j + 1] = g * (b * not_a)
+            bottom_out[2 * j] = g * (c * not_ab)
+            bottom_out[2 * j + 1] = g * (d * not_abc)
 
 
 @njit(cache=True, error_model="numpy", fastmath=SUMS)
