@@ -29,7 +29,7 @@ PAPER_LOGITS_SEED_0 = [
 ]
 
 #: The winner of the Fashion-MNIST study under 1,000 parameters (conf/experiments/fashion_mnist_best_1k.yaml).
-BEST_1K = dict(
+SPATIAL_XYZ = dict(
     coding="direct", time_steps=4, encoder_channels=[4, 8, 3], projection="spatial", n_qubits=9, n_blocks=2,
     readout="xyz", feature_scale=3.14159, learn_angle_scale=True, learn_angle_offset=True,
 )
@@ -53,8 +53,8 @@ def test_defaults_keep_the_paper_model_state_and_outputs():
     assert list(model.state_dict()) == expected
 
 
-def test_best_1k_configuration_has_958_parameters():
-    counts = SQDRCNN(**BEST_1K).parameter_counts()
+def test_parameter_counts_of_a_spatial_xyz_model_split_encoder_circuit_and_head():
+    counts = SQDRCNN(**SPATIAL_XYZ).parameter_counts()
     # convs 1*4*9 + 4*8*9 + 8*3*9 = 540 and BN 2*(4+8+3) = 30; circuit: 2*9*3 angles + 27 scales + 27 offsets;
     # head Linear(27 -> 10): the xyz readout gives 3 values per qubit.
     assert counts == {"encoder": 570, "circuit": 108, "head": 280, "total": 958}
@@ -62,7 +62,7 @@ def test_best_1k_configuration_has_958_parameters():
 
 def test_spatial_projection_gives_each_qubit_one_cell_of_the_last_stage():
     torch.manual_seed(1)
-    model = SQDRCNN(**BEST_1K).eval()
+    model = SQDRCNN(**SPATIAL_XYZ).eval()
     images = torch.rand(2, 1, 28, 28)
     features = model.encode(images)
     assert features.shape == (2, 27)
@@ -90,10 +90,10 @@ def test_best_1k_logits_and_gradients_agree_across_engines(engine):
     torch.manual_seed(2)
     images = torch.rand(2, 1, 28, 28, dtype=torch.float64)
     labels = torch.tensor([3, 7])
-    state = SQDRCNN(**BEST_1K).double().state_dict()
+    state = SQDRCNN(**SPATIAL_XYZ).double().state_dict()
 
     def logits_and_gradients(name: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        model = SQDRCNN(**BEST_1K, engine=name).double()
+        model = SQDRCNN(**SPATIAL_XYZ, engine=name).double()
         model.load_state_dict(state)
         logits = model(images)
         torch.nn.functional.cross_entropy(logits, labels).backward()
