@@ -29,7 +29,7 @@ Surrogate = Literal["atan", "fast_sigmoid", "sigmoid", "triangular", "straight_t
 NARROW = 4
 
 # Samples per chunk when a large batch is encoded in evaluation mode (measured in CPU time per image at batch 1,024:
-# 256 is 20 % below 64 and below the whole batch at once).
+# 256 beat 64, 128 and the whole batch at once).
 EVAL_CHUNK = 256
 
 # BatchNorm momentum of the reference implementation.
