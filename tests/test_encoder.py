@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from sqdr.models.coding import CODERS, direct_code, phase_code
 from sqdr.models.encoder import EVAL_CHUNK, ReferenceSpikingEncoder, SpikingEncoder, make_neuron, run_neuron
 from sqdr.models.neurons import spiking_neurons
-from sqdr.models.stage import conv3x3, norm_fire_pool
+from sqdr.models.stage import conv3x3
 
 SURROGATES = ["atan", "fast_sigmoid", "sigmoid", "triangular", "straight_through"]
 
@@ -271,9 +271,10 @@ def test_fused_stage_matches_modules_outputs_gradients_and_running_statistics(dt
 
 def stage_by_kernels(encoder: SpikingEncoder, frames: torch.Tensor, pool: bool) -> torch.Tensor:
     """The first stage as the fast encoder runs it: the kernel convolution, then batch norm, neurons and pool."""
-    currents = conv3x3(frames.flatten(0, 1), encoder.convs[0].weight)
-    currents = currents.view(*frames.shape[:2], *currents.shape[1:])
-    return norm_fire_pool(currents, encoder.norms[0], encoder.conv_neurons[0], pool)
+    steps, batch = frames.shape[:2]
+    conv, norm, neuron = encoder.convs[0], encoder.norms[0], encoder.conv_neurons[0]
+    spikes = encoder._stage(frames.flatten(0, 1), steps, conv, norm, neuron, pool)
+    return spikes.view(steps, batch, *spikes.shape[1:])
 
 
 def test_fused_stage_saves_nothing_for_backward_without_gradients():

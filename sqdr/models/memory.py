@@ -4,7 +4,8 @@ PyTorch has no caching allocator on the CPU, and numba's arrays come from the sa
 blocks above its mmap threshold with fresh pages and hands them back on ``free``, so every training step
 page-faults its intermediates in again: thousands of faults per step at batch 128, and a sizeable share of
 the step spent in the kernel zeroing pages. Raising the mmap threshold to glibc's maximum and the trim threshold
-above the working set lets ``free`` keep those pages for the next step. Memory in use is unchanged; the resident size stays at its peak instead of shrinking between steps.
+above the working set lets ``free`` keep those pages for the next step. Memory in use is unchanged; the
+resident size stays at its peak instead of shrinking between steps.
 """
 
 from __future__ import annotations

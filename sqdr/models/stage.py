@@ -14,8 +14,8 @@ import snntorch as snn
 import torch
 from torch import nn
 
-from sqdr.models.memory import retain_freed_memory
 from sqdr.models import stage_kernels as kernels
+from sqdr.models.memory import retain_freed_memory
 from sqdr.models.neurons import SURROGATES, checked_dynamics
 
 # The stages' large intermediates are allocated and freed at every step (see sqdr.models.memory).
@@ -55,7 +55,7 @@ class Conv3x3Function(torch.autograd.Function):
 
 
 def conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``F.conv2d(x, weight, padding=1)`` by :class:`Conv3x3Function` (faster than oneDNN with one input channel)."""
+    """``F.conv2d(x, weight, padding=1)`` by :class:`Conv3x3Function` (faster than oneDNN below 4 input channels)."""
     if weight.shape[-2:] != (3, 3):
         raise ValueError(f"conv3x3 takes 3x3 kernels, got {tuple(weight.shape[-2:])}.")
     return Conv3x3Function.apply(x, weight)

@@ -32,7 +32,7 @@ numba.config.THREADING_LAYER = "workqueue"
 ATAN, FAST_SIGMOID, SIGMOID, TRIANGULAR, STRAIGHT_THROUGH = range(5)
 
 # Floating-point freedoms of the kernels that sum (statistics and gradients): reordering the sums lets LLVM
-# vectorise them. The forward kernel, whose values are compared with the threshold, keeps strict IEEE order.
+# vectorise them. The forward kernels, whose values are compared with the threshold, keep strict IEEE order.
 SUMS = {"reassoc", "contract", "nsz"}
 
 
@@ -64,6 +64,7 @@ def _surrogate(code, constants, potentials, threshold, out):
             out[i] = a if potentials[i] < threshold else -a
     else:
         out[:] = one
+
 
 # The convolution works on frames padded with a border of zeros and flattened: in a padded frame of row length
 # R = W + 2, output pixel (h, j) sits at p = h * R + j and its 3x3 taps at p + di * R + dj. Every tap is then one
@@ -147,6 +148,7 @@ def _sums(values, plane, mean, invstd):
         weighted += v * ((np.float64(plane[i]) - mean) * invstd)
     return total, weighted
 
+
 @njit(cache=True, error_model="numpy")
 def _fire(plane, scale, shift, beta, threshold, membrane, potentials, spikes):
     """One time step of the neurons (flat arrays): currents ``plane * scale + shift`` (per element); the spikes go to
@@ -157,6 +159,7 @@ def _fire(plane, scale, shift, beta, threshold, membrane, potentials, spikes):
         fired = u > threshold
         spikes[i] = 1 if fired else 0
         membrane[i] = 0 if fired else u
+
 
 @njit(cache=True, error_model="numpy")
 def _pool(plane, out):
@@ -207,6 +210,7 @@ def _neuron_grad(spike_grad, derivative, potentials, beta, threshold, later, out
         carry = beta * ((one if v <= threshold else zero) - v * d)
         out[i] = d * spike_grad[i] + carry * later[i]
 
+
 @njit(cache=True, error_model="numpy", fastmath=SUMS)
 def _norm_grad(grad, plane, mean, invstd, gain, grad_mean, grad_xhat_mean, out):
     """Batch norm's input gradient ``gain * (grad - grad_mean - xhat * grad_xhat_mean)`` into ``out`` (which may
@@ -214,6 +218,7 @@ def _norm_grad(grad, plane, mean, invstd, gain, grad_mean, grad_xhat_mean, out):
     for i in range(plane.size):
         xhat = (np.float64(plane[i]) - mean) * invstd
         out[i] = gain * (grad[i] - grad_mean - xhat * grad_xhat_mean)
+
 
 @njit(cache=True, error_model="numpy", parallel=True)
 def conv3x3(x, weight):
