@@ -136,6 +136,7 @@ class SQDRModule(L.LightningModule):
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run keeps its best accuracy so far
         self._resumed_rng: dict[str, Any] | None = None
+        self._epoch_metrics_logged = False
         if freeze_encoder:
             net.encoder.requires_grad_(False)
 
@@ -212,18 +213,26 @@ class SQDRModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         """A frozen encoder runs in evaluation mode, so its batch-norm statistics stay those it was trained with
         (Lightning puts every module in training mode before this hook and restores modes after validation)."""
+        self._epoch_metrics_logged = False
         if self.hparams.freeze_encoder:
             self.net.encoder.eval()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, preds, labels = self.model_step(batch)
-        self.train_loss(loss)
-        self.train_acc(preds, labels)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
-        # The epoch so far, every step: a user sees within seconds whether a run is learning.
-        self.log("train/loss_running", self.train_loss.compute(), on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/acc_running", self.train_acc.compute(), on_step=True, on_epoch=False, prog_bar=True)
+        self.train_loss.update(loss)
+        self.train_acc.update(preds, labels)
+        if not self._epoch_metrics_logged:
+            # Once an epoch, as metric objects: Lightning computes and resets them at the epoch's end from what
+            # every step added. A `self.log` at every step costs about a millisecond.
+            self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+            self._epoch_metrics_logged = True
+        every = self.trainer.log_every_n_steps
+        if every and (self.trainer.global_step + 1) % every == 0:
+            # The epoch so far: a user sees within seconds whether a run is learning. Only at the steps loggers
+            # write (every log_every_n_steps), for the cost of `self.log`.
+            self.log("train/loss_running", self.train_loss.compute(), on_step=True, on_epoch=False, prog_bar=True)
+            self.log("train/acc_running", self.train_acc.compute(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -132,3 +132,23 @@ def test_impossible_model_configuration_is_a_clear_error(tmp_path, capsys):
         main(["fit", *tiny_run_args(tmp_path, "--model.net.init_args.head", "none", "--model.net.init_args.n_qubits", "2")])
     assert exit_info.value.code == 2
     assert "head='none' reads one qubit per class" in capsys.readouterr().err
+
+
+def test_running_loss_and_accuracy_are_logged_every_n_steps_and_end_at_the_epoch_values(tmp_path):
+    main(["fit", *tiny_run_args(tmp_path, "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "2",
+                                "--model.certify_engine", "none")])
+    rows = list(csv.DictReader((tmp_path / "tiny" / "version_0" / "metrics.csv").read_text().splitlines()))
+    running = [r for r in rows if r.get("train/acc_running")]
+    steps = [int(r["step"]) for r in running]
+    epochs = {int(r["epoch"]): r for r in rows if r.get("train/acc")}
+    assert sorted(epochs) == [0, 1]
+    assert steps and all((step + 1) % 2 == 0 for step in steps)
+    assert len(steps) == (max(int(r["step"]) for r in rows) + 1) // 2
+    compared = 0
+    for epoch, row in epochs.items():
+        last = [r for r in running if int(r["epoch"]) == epoch][-1]
+        if last["step"] == row["step"]:  # the epoch's last step was a logging step
+            assert float(last["train/acc_running"]) == pytest.approx(float(row["train/acc"]))
+            assert float(last["train/loss_running"]) == pytest.approx(float(row["train/loss"]))
+            compared += 1
+    assert compared == 1  # 3 steps an epoch: epoch 1 ends on step 5, a logging step; epoch 0 on step 2
