@@ -167,12 +167,20 @@ def test_interrupted_reproduction_trains_only_unfinished_runs(tmp_path):
     assert not (sqnn_dir / "stale").exists() and (sqnn_dir / runner.RESULT).is_file()
     assert json.loads((sqnn_dir / runner.RESULT).read_text())["status"] == "done"
 
-    # a config file edited in place: every run reading it is out of date
+    # a config file's comment edited: nothing is out of date
     config = Path(yaml.safe_load(path.read_text())["budgets"]["quick"]["datasets"]["synthetic"]["config"])
-    config.write_text(config.read_text() + "# edited\n")
+    config.write_text(config.read_text() + "# a comment\n")
+    commented = CountingFit()
+    runner.execute(plan, threads=1, say=lambda line: None, fit=commented)
+    assert commented.trained == []
+
+    # a config file's setting edited in place: every run reading it is out of date, and kept beside the new one
+    config.write_text(config.read_text().replace("seed_everything: 1", "seed_everything: 7"))
     edited = CountingFit()
     runner.execute(plan, threads=1, say=lambda line: None, fit=edited)
     assert edited.trained == ["synthetic/classical_layer/seed_0", "synthetic/cnn/seed_0", "synthetic/sqnn/seed_0"]
+    kept = sqnn_dir.with_name(f"{sqnn_dir.name}.out_of_date")
+    assert json.loads((kept / runner.RESULT).read_text())["status"] == "done"
 
     # the experiment set changes a variant: that run is out of date, and so is the run using its encoder
     document = yaml.safe_load(path.read_text())

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from sqdr.data import DatasetNotFoundError
 from sqdr.errors import UserError
@@ -45,15 +46,23 @@ def read_result(run: Run, args: list[str]) -> Record | None:
     """The record of ``run`` if it finished with exactly these ``sqdr fit`` arguments and config files."""
     path = run.directory / RESULT
     record = json.loads(path.read_text()) if path.is_file() else None
-    if record is None or record.get("args") != args or record.get("configs") != config_digests(args):
+    if record is None or record.get("args") != args:
         return None
-    return record
+    files = [Path(name) for name in config_digests(args)]
+    file_digests = {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}  # older records: whole files
+    return record if record.get("configs") in (config_digests(args), file_digests) else None
 
 
 def config_digests(args: list[str]) -> dict[str, str]:
-    """SHA-256 of every ``--config`` file in ``args``: a config edited in place makes its runs out of date too."""
+    """SHA-256 of the settings in every ``--config`` file in ``args``: a config whose values are edited in place
+    makes its runs out of date too; an edited comment does not."""
     files = [value for flag, value in zip(args, args[1:]) if flag == "--config"]
-    return {name: hashlib.sha256(Path(name).read_bytes()).hexdigest() for name in files if Path(name).is_file()}
+    return {name: settings_digest(Path(name)) for name in files if Path(name).is_file()}
+
+
+def settings_digest(path: Path) -> str:
+    settings = yaml.safe_load(path.read_text())
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def model_size(net: Any) -> dict[str, int]:
@@ -185,8 +194,10 @@ def _skip(run: Run, source: Record | None, missing_data: dict[str, str]) -> Reco
 def _attempt(run: Run, args: list[str], threads: int, fit: Callable) -> Record:
     """Train ``run`` from a clean directory; a missing data set (``skipped``) or a failure becomes the record, with
     the reason."""
-    if run.directory.exists():
-        shutil.rmtree(run.directory)  # left by a killed or failed attempt, or out of date: start over
+    if (run.directory / RESULT).is_file():  # a finished run, out of date: kept beside the new one
+        run.directory.rename(unused_path(run.directory.with_name(f"{run.directory.name}.out_of_date")))
+    elif run.directory.exists():
+        shutil.rmtree(run.directory)  # left by a killed or failed attempt: start over
     try:
         return fit(run, args, threads)
     except DatasetNotFoundError as error:
@@ -195,6 +206,15 @@ def _attempt(run: Run, args: list[str], threads: int, fit: Callable) -> Record:
     except (UserError, ValueError, RuntimeError) as error:
         write_text(run.directory / "FAILED", "".join(traceback.format_exception(error)))
         return {**identity(run), "status": "failed", "reason": f"{type(error).__name__}: {error}"}
+
+
+def unused_path(path: Path) -> Path:
+    """``path``, or ``path.1``, ``path.2``, ... whichever does not exist yet."""
+    candidate, number = path, 0
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}.{number}")
+    return candidate
 
 
 def headline(reason: str) -> str:
