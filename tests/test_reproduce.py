@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -242,3 +247,34 @@ def test_baselines_keep_the_parameter_split_and_skip_certification():
     assert [len(group["params"]) for group in module.configure_optimizers().param_groups][1] == 0  # no circuit angles
     with pytest.raises(ValueError, match="classical layer instead of a circuit"):
         cnn.with_engine("lightning", noise=None)
+
+
+def test_workers_end_when_the_reproduction_is_killed():
+    script = (
+        "import os, time\n"
+        "from sqdr.reproduce.runner import worker_pool\n"
+        "pool = worker_pool(1)\n"
+        "print(pool.submit(os.getpid).result(), flush=True)\n"
+        "pool.submit(time.sleep, 120)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    assert running(worker)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while running(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if running(worker):
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker kept running after its reproduction was killed")
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (an exited one may wait as a zombie to be reaped)."""
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False

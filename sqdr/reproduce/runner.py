@@ -16,10 +16,13 @@ next reproduction (once the files are there, or the cause is fixed).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import multiprocessing
+import os
 import shlex
 import shutil
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -56,7 +59,7 @@ def read_result(run: Run, args: list[str]) -> Record | None:
 def config_digests(args: list[str]) -> dict[str, str]:
     """SHA-256 of the settings in every ``--config`` file in ``args``: a config whose values are edited in place
     makes its runs out of date too; an edited comment does not."""
-    files = [value for flag, value in zip(args, args[1:]) if flag == "--config"]
+    files = [value for flag, value in itertools.pairwise(args) if flag == "--config"]
     return {name: settings_digest(Path(name)) for name in files if Path(name).is_file()}
 
 
@@ -140,8 +143,7 @@ def execute(
             missing_data[run.dataset.name] = record["reason"]
         say(f"[{len(records)}/{len(plan.runs)}] {run.name}: {describe(record, collected)}")
 
-    # spawn, not fork: each worker starts clean instead of inheriting the parent's torch threads and imports.
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
+    pool = worker_pool(workers) if workers > 1 else None
     try:
         while waiting or running:
             ready = [run for run in waiting if _dependency_ended(plan, run, records)]
@@ -173,6 +175,23 @@ def execute(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     return [records[run.name] for run in plan.runs]
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Processes that train runs: spawned, not forked, so each starts clean instead of inheriting the parent's torch
+    threads and imports; and each ends with the parent, so a killed `sqdr reproduce` leaves no run training."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent)
+
+
+def _exit_with_parent() -> None:
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:  # a process whose parent died is handed to another one
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def _dependency_ended(plan: Plan, run: Run, records: dict[str, Record]) -> bool:
