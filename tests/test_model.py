@@ -28,7 +28,8 @@ PAPER_LOGITS_SEED_0 = [
      -0.47111025],
 ]
 
-#: The winner of the Fashion-MNIST study under 1,000 parameters (conf/experiments/fashion_mnist_best_1k.yaml).
+#: A spatial-projection, xyz-readout model with learned angle scales and offsets: the options of the small tuned
+#: configs, in their smallest combination.
 SPATIAL_XYZ = dict(
     coding="direct", time_steps=4, encoder_channels=[4, 8, 3], projection="spatial", n_qubits=9, n_blocks=2,
     readout="xyz", feature_scale=3.14159, learn_angle_scale=True, learn_angle_offset=True,
@@ -86,7 +87,7 @@ def test_xyz_readout_feeds_three_values_per_qubit_to_the_head():
 
 
 @pytest.mark.parametrize("engine", ["lightning", "default.qubit"])
-def test_best_1k_logits_and_gradients_agree_across_engines(engine):
+def test_spatial_xyz_logits_and_gradients_agree_across_engines(engine):
     torch.manual_seed(2)
     images = torch.rand(2, 1, 28, 28, dtype=torch.float64)
     labels = torch.tensor([3, 7])

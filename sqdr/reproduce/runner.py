@@ -51,16 +51,19 @@ def read_result(run: Run, args: list[str]) -> Record | None:
     record = json.loads(path.read_text()) if path.is_file() else None
     if record is None or record.get("args") != args:
         return None
-    files = [Path(name) for name in config_digests(args)]
-    file_digests = {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}  # older records: whole files
-    return record if record.get("configs") in (config_digests(args), file_digests) else None
+    file_digests = {name: hashlib.sha256(Path(name).read_bytes()).hexdigest() for name in config_files(args)}
+    return record if record.get("configs") in (config_digests(args), file_digests) else None  # older: whole files
+
+
+def config_files(args: list[str]) -> list[str]:
+    """The ``--config`` files in ``args`` that exist."""
+    return [value for flag, value in itertools.pairwise(args) if flag == "--config" and Path(value).is_file()]
 
 
 def config_digests(args: list[str]) -> dict[str, str]:
     """SHA-256 of the settings in every ``--config`` file in ``args``: a config whose values are edited in place
     makes its runs out of date too; an edited comment does not."""
-    files = [value for flag, value in itertools.pairwise(args) if flag == "--config"]
-    return {name: settings_digest(Path(name)) for name in files if Path(name).is_file()}
+    return {name: settings_digest(Path(name)) for name in config_files(args)}
 
 
 def settings_digest(path: Path) -> str:
