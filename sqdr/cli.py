@@ -40,7 +40,7 @@ RENAMED_OPTIONS = {
 
 #: Model options that change the network's shape or function: a checkpoint and an explicit option must agree.
 SHAPE_OPTIONS = (
-    "time_steps", "n_qubits", "n_blocks", "coding", "encoder_channels", "neuron",
+    "time_steps", "n_qubits", "n_blocks", "coding", "encoder_channels", "convolution", "neuron",
     "entangler", "head", "head_hidden", "head_relu",
 )  # fmt: skip
 

@@ -13,7 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from sqdr.models.coding import CODERS, direct_code, phase_code
-from sqdr.models.encoder import EVAL_CHUNK, ReferenceSpikingEncoder, SpikingEncoder, make_neuron, run_neuron
+from sqdr.models.encoder import (
+    EVAL_CHUNK,
+    ReferenceSpikingEncoder,
+    SeparableConv2d,
+    SpikingEncoder,
+    make_neuron,
+    run_neuron,
+)
 from sqdr.models.neurons import spiking_neurons
 from sqdr.models.stage import conv3x3
 
@@ -105,6 +112,7 @@ def test_fast_encoder_in_float32_stays_close_to_reference():
     "options, channels, features",
     [
         ({"projection": "spatial"}, [3, 4, 3], 12),  # 8x8 images: the last stage is 2x2, one cell per qubit
+        ({"projection": "spatial", "convolution": "separable"}, [3, 5, 3], 12),
         ({"project_norm": "bn"}, [3, 4, 6], 6),
         ({"project_norm": "bn_affine"}, [3, 4, 6], 6),
     ],
@@ -123,6 +131,25 @@ def test_fast_encoder_matches_reference_with_projection_options(options, channel
     assert_close(frame_grad, ref_frame_grad, "input gradient")
     for name in grads:
         assert_close(grads[name], ref_grads[name], name)
+
+
+def test_separable_convolution_is_the_full_convolution_of_its_composed_kernel():
+    torch.manual_seed(3)
+    separable = SeparableConv2d(4, 6).double()
+    depthwise, pointwise = separable[0].weight, separable[1].weight  # (4, 1, 3, 3), (6, 4, 1, 1)
+    kernel = pointwise * depthwise.transpose(0, 1)  # (6, 4, 3, 3): output o mixes input i's own 3x3 filter
+    x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
+    assert torch.allclose(separable(x), F.conv2d(x, kernel, padding=1), atol=1e-12)
+    assert sum(p.numel() for p in separable.parameters()) == 9 * 4 + 4 * 6
+
+
+def test_separable_encoder_keeps_its_first_stage_full_and_spends_fewer_weights():
+    full = SpikingEncoder(channels=[8, 16, 3], out_features=27, projection="spatial")
+    separable = SpikingEncoder(channels=[8, 16, 3], out_features=27, projection="spatial", convolution="separable")
+    assert separable.convs[0].weight.shape == full.convs[0].weight.shape == (8, 1, 3, 3)
+    assert [sum(p.numel() for p in conv.parameters()) for conv in separable.convs] == [72, 8 * 9 + 8 * 16, 16 * 9 + 16 * 3]
+    with pytest.raises(ValueError, match="Unknown convolution 'sparse'; choose 'full' or 'separable'"):
+        SpikingEncoder(convolution="sparse")
 
 
 def test_project_norm_bn_adds_statistics_but_no_parameters():

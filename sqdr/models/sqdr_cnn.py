@@ -12,7 +12,15 @@ from torch import nn
 
 from sqdr.models.circuit import Init, ReuploadCircuit
 from sqdr.models.coding import SpikeCoder, SpikeCoding
-from sqdr.models.encoder import REFERENCE_BN_MOMENTUM, Neuron, Projection, ProjectNorm, SpikingEncoder, Surrogate
+from sqdr.models.encoder import (
+    REFERENCE_BN_MOMENTUM,
+    Convolution,
+    Neuron,
+    Projection,
+    ProjectNorm,
+    SpikingEncoder,
+    Surrogate,
+)
 from sqdr.models.noise import NoiseModel, NoiseSpec
 from sqdr.models.spec import EngineName, Entangler, Readout
 
@@ -88,6 +96,8 @@ class SQDRCNN(nn.Module):
         shots: measurement samples per expectation (null: exact expectations).
         coding: spike coding of the pixels: ``phase`` (the paper's weighted phase coding), ``rate``, ``direct``.
         encoder_channels: widths of the convolution stages (default: 2C, 4C, 8C).
+        convolution: ``full`` 3x3 convolutions (the paper) or ``separable`` ones after the first stage (a 3x3
+            per input channel, then a 1x1): about a ninth of the weights, so wider stages fit a budget.
         neuron: ``if`` (integrate-and-fire, the paper) or ``leaky`` (with ``beta``).
         beta: membrane decay of leaky neurons.
         threshold: firing threshold of every neuron.
@@ -135,6 +145,7 @@ class SQDRCNN(nn.Module):
         shots: PositiveInt | None = None,
         coding: SpikeCoding = "phase",
         encoder_channels: Sequence[int] | None = None,
+        convolution: Convolution = "full",
         neuron: Neuron = "if",
         beta: float = 0.9,
         threshold: float = 1.0,
@@ -172,6 +183,7 @@ class SQDRCNN(nn.Module):
             in_channels=in_channels,
             out_features=3 * n_qubits,
             channels=encoder_channels,
+            convolution=convolution,
             neuron=neuron,
             beta=beta,
             threshold=threshold,
