@@ -136,17 +136,30 @@ def _input_grad(grad, weight, row, out):
 
 
 @njit(cache=True, error_model="numpy", fastmath=SUMS)
-def _sums(values, plane, mean, invstd):
-    """``sum(values)`` and ``sum(values * (plane - mean) * invstd)`` in float64 (flat arrays): with
-    ``values = plane``, mean 0 and invstd 1 the moments of a plane; with gradients, what batch norm's backward
-    needs."""
+def _moments(plane):
+    """``sum(plane)`` and ``sum(plane ** 2)`` in float64 (a flat array): batch norm's statistics, whose variance
+    ``E[x^2] - E[x]^2`` cancels digits, so every term is summed in double precision."""
     total = 0.0
-    weighted = 0.0
+    squares = 0.0
     for i in range(plane.size):
-        v = np.float64(values[i])
+        v = np.float64(plane[i])
         total += v
-        weighted += v * ((np.float64(plane[i]) - mean) * invstd)
-    return total, weighted
+        squares += v * v
+    return total, squares
+
+
+@njit(cache=True, error_model="numpy", fastmath=SUMS)
+def _gradient_sums(grad, plane, mean, invstd):
+    """``sum(grad)`` and ``sum(grad * (plane - mean) * invstd)`` over one plane (flat arrays), what batch norm's
+    backward needs. Summed in the data's type, as ATen's batch norm backward does, which vectorises twice as
+    wide as float64; the planes' sums are then added up in float64 by the caller."""
+    total = grad[0] - grad[0]
+    weighted = total
+    for i in range(plane.size):
+        g = grad[i]
+        total += g
+        weighted += g * ((plane[i] - mean) * invstd)
+    return np.float64(total), np.float64(weighted)
 
 
 @njit(cache=True, error_model="numpy")
@@ -212,12 +225,12 @@ def _neuron_grad(spike_grad, derivative, potentials, beta, threshold, later, out
 
 
 @njit(cache=True, error_model="numpy", fastmath=SUMS)
-def _norm_grad(grad, plane, mean, invstd, gain, grad_mean, grad_xhat_mean, out):
-    """Batch norm's input gradient ``gain * (grad - grad_mean - xhat * grad_xhat_mean)`` into ``out`` (which may
-    be ``grad``), with ``xhat = (plane - mean) * invstd`` from the convolution's outputs ``plane``. Flat arrays."""
+def _norm_grad(grad, plane, mean, slope, gain, grad_mean, out):
+    """Batch norm's input gradient ``gain * (grad - grad_mean - (plane - mean) * slope)`` into ``out`` (which may
+    be ``grad``), with ``slope = invstd * mean(grad * xhat)``, from the convolution's outputs ``plane``. Flat
+    arrays and constants in the data's type, as ATen computes it."""
     for i in range(plane.size):
-        xhat = (np.float64(plane[i]) - mean) * invstd
-        out[i] = gain * (grad[i] - grad_mean - xhat * grad_xhat_mean)
+        out[i] = gain * (grad[i] - grad_mean - (plane[i] - mean) * slope)
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
@@ -269,7 +282,7 @@ def channel_moments(conv):
     moments = np.zeros((frames, out_channels, 2))
     for n in prange(frames):
         for o in range(out_channels):
-            total, squares = _sums(flat[n, o], flat[n, o], 0.0, 1.0)
+            total, squares = _moments(flat[n, o])
             moments[n, o, 0] = total
             moments[n, o, 1] = squares
     return moments
@@ -347,21 +360,22 @@ def current_gradients(grad_spikes, potentials, conv, mean, invstd, beta, thresho
             _neuron_grad(spike_grad, derivative, u, beta, threshold, later, flat_grads[t, b])
             for o in range(out_channels):
                 channel = slice(o * size, (o + 1) * size)
-                total, weighted = _sums(flat_grads[t, b, channel], flat_conv[t, b, channel], mean[o], invstd[o])
+                total, weighted = _gradient_sums(flat_grads[t, b, channel], flat_conv[t, b, channel], mean[o], invstd[o])
                 sums[b, o, 0] += total
                 sums[b, o, 1] += weighted
     return grads, sums
 
 
 @njit(cache=True, error_model="numpy", parallel=True)
-def norm_gradients(current_grads, conv, mean, invstd, gain, grad_mean, grad_xhat_mean):
+def norm_gradients(current_grads, conv, mean, slope, gain, grad_mean):
     """Batch norm's backward in place of ``current_grads`` ``(N, O, H, W)``: the gradient of the convolution's
-    outputs ``conv``. In evaluation mode ``grad_mean`` and ``grad_xhat_mean`` are zero."""
+    outputs ``conv`` (see :func:`_norm_grad`; per-channel constants in the data's type). In evaluation mode
+    ``grad_mean`` and ``slope`` are zero."""
     frames, out_channels, height, width = conv.shape
     flat_conv = conv.reshape((frames, out_channels, height * width))
     flat_grads = current_grads.reshape((frames, out_channels, height * width))
     for n in prange(frames):
         for o in range(out_channels):
             g = flat_grads[n, o]
-            _norm_grad(g, flat_conv[n, o], mean[o], invstd[o], gain[o], grad_mean[o], grad_xhat_mean[o], g)
+            _norm_grad(g, flat_conv[n, o], mean[o], slope[o], gain[o], grad_mean[o], g)
     return current_grads
