@@ -316,6 +316,36 @@ def assert_failed_trial_was_retried(study: optuna.Study, n_trials: int) -> None:
     assert states(study) == {"COMPLETE": n_trials, "FAIL": 1}
 
 
+def test_worker_processes_end_when_the_sweep_is_killed(tmp_path):
+    path = write_study(tmp_path, "orphans", n_trials=20, overrides=LONGER_TRIALS)
+    process = start_sweep([str(path), "--workers", "2"], tmp_path)
+
+    def worker_pids() -> list[int]:
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        return [int(pid) for pid in children if "--worker_index" in Path(f"/proc/{pid}/cmdline").read_text()]
+
+    def worker_trains() -> bool:
+        if not (workers := worker_pids()) or not stored_states(path).get("RUNNING"):
+            return False
+        trials = stored_study(path).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return any(t.user_attrs.get("worker", {}).get("pid") in workers for t in trials)
+
+    wait_for(worker_trains, 180, "the second worker to train a trial")
+    (worker,) = worker_pids()
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    wait_for(lambda: not process_running(worker), 30, "the worker to end with its sweep")
+    assert stored_states(path).get("COMPLETE", 0) + stored_states(path).get("RUNNING", 0) >= 1  # the study is kept
+
+
+def process_running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (an exited one may wait as a zombie to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 def test_worker_killed_mid_trial_is_failed_and_retried_on_a_journal_file(tmp_path):
     path = write_study(tmp_path, "killed", n_trials=1, overrides=LONGER_TRIALS)
     process = start_sweep([str(path)], tmp_path)

@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import shlex
 import shutil
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -36,6 +35,7 @@ import yaml
 from sqdr.data import DatasetNotFoundError
 from sqdr.errors import UserError
 from sqdr.files import write_text
+from sqdr.lifetime import exit_with_parent
 from sqdr.models.sqdr_cnn import SQDRCNN
 from sqdr.reproduce.plan import Plan, Run
 
@@ -183,18 +183,10 @@ def execute(
 def worker_pool(workers: int) -> ProcessPoolExecutor:
     """Processes that train runs: spawned, not forked, so each starts clean instead of inheriting the parent's torch
     threads and imports; and each ends with the parent, so a killed `sqdr reproduce` leaves no run training."""
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent)
-
-
-def _exit_with_parent() -> None:
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:  # a process whose parent died is handed to another one
-            time.sleep(1)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=exit_with_parent,
+        initargs=(os.getpid(),),
+    )
 
 
 def _dependency_ended(plan: Plan, run: Run, records: dict[str, Record]) -> bool:

@@ -11,6 +11,7 @@ from jsonargparse import ArgumentParser
 from jsonargparse.typing import PositiveInt
 
 from sqdr.errors import UserError
+from sqdr.lifetime import exit_with_parent
 from sqdr.sweep.storage import storage_kind
 from sqdr.sweep.study import StudySpec, load_study, load_study_file, open_study_storage, study_keys
 from sqdr.sweep.trial import validate_trial_args
@@ -51,14 +52,17 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("--wandb", action="store_true", help="Log every trial to W&B, one run per trial.")
     parser.add_argument("--worker_index", type=int | None, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--parent_pid", type=int | None, default=None, help=argparse.SUPPRESS)
     return parser
 
 
-def run(spec: StudySpec, argv: list[str], workers: int, worker_index: int | None) -> int:
+def run(spec: StudySpec, argv: list[str], workers: int, worker_index: int | None, parent_pid: int | None = None) -> int:
     """Check everything a trial needs before the storage holds anything, then run the workers (or, in a worker
     process started by another, that one worker)."""
     signal.signal(signal.SIGTERM, _interrupt)
     if worker_index is not None:
+        if parent_pid is not None:
+            exit_with_parent(parent_pid)  # a worker started by `sqdr sweep --workers N` ends with it
         return run_worker(spec, worker_index)
     if workers > 1 and storage_kind(spec.storage) == "sqlite":
         raise UserError(
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     spec = load_study_file(args.study, n_trials=args.n_trials, storage=args.storage, wandb=args.wandb)
     try:
-        code = run(spec, argv, args.workers, args.worker_index)
+        code = run(spec, argv, args.workers, args.worker_index, args.parent_pid)
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume the study", file=sys.stderr)
         sys.exit(130)

@@ -152,7 +152,10 @@ def run_workers(spec: StudySpec, argv: list[str], workers: int) -> int:
     threads = str(spec.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     children = [
-        subprocess.Popen([sys.executable, "-m", "sqdr.sweep", *argv, "--worker_index", str(i)], env=env)
+        subprocess.Popen(
+            [sys.executable, "-m", "sqdr.sweep", *argv, "--worker_index", str(i), "--parent_pid", str(os.getpid())],
+            env=env,
+        )
         for i in range(1, workers)
     ]
     try:
