@@ -36,7 +36,7 @@ def test_study_file_validates_and_builds_a_trial(study, tmp_path, monkeypatch):
     validate_trial_args(spec)
 
 
-def test_best_1k_config_trains_through_the_cli_with_985_parameters(tmp_path, capsys):
+def test_best_1k_config_trains_through_the_cli_with_977_parameters(tmp_path, capsys):
     """The shipped winner end to end in seconds: synthetic 28 x 28 images in place of Fashion-MNIST, one short epoch,
     per-step one-cycle schedule, the xyz readout certified on lightning; the logged parameter split is the model's."""
     main([
@@ -49,7 +49,7 @@ def test_best_1k_config_trains_through_the_cli_with_985_parameters(tmp_path, cap
     with open(tmp_path / "best_1k_smoke" / "version_0" / "metrics.csv") as metrics:
         rows = list(csv.DictReader(metrics))
     params = next(row for row in rows if row["params/total"])
-    assert [float(params[f"params/{k}"]) for k in ("encoder", "circuit", "head", "total")] == [570, 135, 280, 985]
+    assert [float(params[f"params/{k}"]) for k in ("encoder", "circuit", "head", "total")] == [562, 135, 280, 977]
     assert any(row.get("test/acc_lightning") for row in rows)
     gaps = [float(row["test/max_logit_diff_lightning"]) for row in rows if row.get("test/max_logit_diff_lightning")]
     assert gaps and gaps[0] < 1e-4  # the 27 values of the xyz readout are PennyLane's
