@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import yaml
 from optuna.trial import TrialState
+from test_reproduce import running
 
 from sqdr.__main__ import main as sqdr_main
 from sqdr.sweep.study import FAILED_MARKER, load_study_file, open_study_storage
@@ -334,16 +335,8 @@ def test_worker_processes_end_when_the_sweep_is_killed(tmp_path):
     (worker,) = worker_pids()
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    wait_for(lambda: not process_running(worker), 30, "the worker to end with its sweep")
+    wait_for(lambda: not running(worker), 30, "the worker to end with its sweep")
     assert stored_states(path).get("COMPLETE", 0) + stored_states(path).get("RUNNING", 0) >= 1  # the study is kept
-
-
-def process_running(pid: int) -> bool:
-    """Whether process ``pid`` exists and has not exited (an exited one may wait as a zombie to be reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 def test_worker_killed_mid_trial_is_failed_and_retried_on_a_journal_file(tmp_path):

@@ -112,9 +112,9 @@ class NormFirePoolFunction(torch.autograd.Function):
         mean, invstd, gain, batch_stats, beta, threshold, code, slope, pool = ctx.numbers
         c, u = _numpy(conv), potentials.numpy()
         dtype = c.dtype.type
-        mean_, invstd_ = mean.astype(dtype), invstd.astype(dtype)
+        typed_mean, typed_invstd = mean.astype(dtype), invstd.astype(dtype)  # the kernels work in the data's type
         current_grads, sums = kernels.current_gradients(
-            _numpy(grad_spikes.to(conv.dtype)), u, c, mean_, invstd_,
+            _numpy(grad_spikes.to(conv.dtype)), u, c, typed_mean, typed_invstd,
             dtype(beta), dtype(threshold), code, kernels.surrogate_constants(code, slope, c.dtype), pool,
         )
         grad_bias, grad_gamma = sums.sum(0).T
@@ -123,7 +123,7 @@ class NormFirePoolFunction(torch.autograd.Function):
         grad_mean, grad_xhat_mean = (grad_bias / count, grad_gamma / count) if batch_stats else (zeros, zeros)
         flat = (-1, *c.shape[2:])
         conv_grads = kernels.norm_gradients(
-            current_grads.reshape(flat), c.reshape(flat), mean_, (invstd * grad_xhat_mean).astype(dtype),
+            current_grads.reshape(flat), c.reshape(flat), typed_mean, (invstd * grad_xhat_mean).astype(dtype),
             gain.astype(dtype), grad_mean.astype(dtype),
         )
         return (

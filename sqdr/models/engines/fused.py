@@ -279,11 +279,16 @@ class FusedEngine:
         batch, n = first.shape[:2]
         marginals = first[..., 0].reshape(batch, n, 2, 2)  # S[r, c, 0, 0] = ρ_i[r, c]
         z = (marginals[..., 0, 0] - marginals[..., 1, 1]).real
-        partners = self._partners.to(z.device)
-        coherence = torch.where(partners, z.unsqueeze(1), torch.ones_like(z).unsqueeze(1)).prod(-1)
+        coherence = self._cz_coherence(z)
         diagonal = torch.eye(2, dtype=torch.bool, device=z.device)
         scale = torch.where(diagonal, torch.ones_like(coherence)[..., None, None], coherence[..., None, None])
         return marginals * scale
+
+    def _cz_coherence(self, z: torch.Tensor) -> torch.Tensor:
+        """``Π_j <Z_j>`` over each qubit's CZ partners ``j``, for ``<Z>`` ``(B, n)`` before one entangler layer: the
+        factor that layer puts on every qubit's coherence (its Bloch ``x`` and ``y``)."""
+        partners = self._partners.to(z.device)
+        return torch.where(partners, z.unsqueeze(1), torch.ones_like(z).unsqueeze(1)).prod(-1)
 
     @staticmethod
     def _partner_table(spec: CircuitSpec) -> torch.Tensor:
@@ -361,9 +366,7 @@ class FusedEngine:
         block_rotations = bloch_rotations(weights)  # (L, n, 3, 3)
         bloch = block_rotations[0] @ data_rotation[..., 2:]  # R_W R_D e_z: the first block acts on |0>, (B, n, 3, 1)
         if weights.shape[0] == 2:
-            z = bloch[..., 2, 0]
-            partners = self._partners.to(z.device)
-            coherence = torch.where(partners, z.unsqueeze(1), torch.ones_like(z).unsqueeze(1)).prod(-1)
+            coherence = self._cz_coherence(bloch[..., 2, 0])
             scale = torch.stack([coherence, coherence, torch.ones_like(coherence)], -1).unsqueeze(-1)
             bloch = block_rotations[1] @ (data_rotation @ (bloch * scale))
         axes = [BLOCH_AXIS[name] for name in self.spec.paulis]
