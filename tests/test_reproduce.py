@@ -124,6 +124,21 @@ def test_summary_is_mean_and_std_over_seeds_with_ratios_to_published_snns(tmp_pa
     assert pd.read_csv(tmp_path / "out" / "tables" / "reproduce_quick.csv")["test_acc_std"][0] == pytest.approx(4.0)
 
 
+def test_summary_gives_each_row_its_difference_to_the_data_sets_first_row(tmp_path):
+    records = [
+        fake_record(0, 0.80, 100, tmp_path / "paper0"), fake_record(1, 0.82, 100, tmp_path / "paper1"),
+        fake_record(0, 0.77, 100, tmp_path / "cnn0", variant="cnn"),
+        fake_record(1, 0.78, 100, tmp_path / "cnn1", variant="cnn"),
+    ]
+    table = summary_table(records, PUBLISHED).set_index("variant")
+    assert table.loc["paper", "vs_first"] == pytest.approx(0.0)
+    assert table.loc["cnn", "vs_first"] == pytest.approx(77.5 - 81.0)
+
+    write_report(records, PUBLISHED, tmp_path / "out", "quick")
+    markdown = (tmp_path / "out" / "tables" / "reproduce_quick.md").read_text()
+    assert "| reference " in markdown and "| -3.50 " in markdown
+
+
 def test_pareto_front_keeps_rows_no_smaller_model_beats():
     rows = pd.DataFrame({"params_total": [800, 1000, 1200, 5000], "test_acc_mean": [70.0, 65.0, 80.0, 79.0]})
     assert pareto_front(rows)["params_total"].tolist() == [800, 1200]

@@ -1,7 +1,7 @@
 """The tables and figures of a reproduction, from its run records and the published spiking results.
 
 Tables (``<out>/tables/reproduce_<budget>.csv|md``): one row per (data set, variant) with the mean and standard
-deviation of the test accuracy over seeds, the parameters per part, the training throughput and, where published
+deviation of the test accuracy over seeds, its difference to the data set's first row, the parameters per part, the training throughput and, where published
 spiking results for the data set are given, the paper's two ratios: accuracy as a percentage of the mean accuracy
 of those spiking networks, and parameters as a percentage of the smallest of them. Rows of skipped or failed runs
 say why; ``reproduce_<budget>_runs.csv`` holds every run, with the whole reason and how to fix it. Figures
@@ -61,7 +61,11 @@ def summary_table(records: list[Record], published: pd.DataFrame) -> pd.DataFram
         undone = [r for r in runs if r["status"] != "done"]
         row["status"] = "ok" if not undone else f"{undone[0]['status']}: {headline(undone[0]['reason'])}"
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    # An ablation reads as a difference: each row's mean minus that of its data set's first row (the plan lists the
+    # reference model first: the paper model, or the tuned model whose choices are put back one at a time).
+    table["vs_first"] = table["test_acc_mean"] - table.groupby("dataset", sort=False)["test_acc_mean"].transform("first")
+    return table
 
 
 def snn_ratios(dataset: str, accuracy: float, params: float, published: pd.DataFrame) -> dict[str, float]:
@@ -97,6 +101,10 @@ def markdown(table: pd.DataFrame) -> str:
         "group": table["group"],
         "seeds": table["seeds"],
         "test accuracy %": [_mean_std(m, s) for m, s in zip(table["test_acc_mean"], table["test_acc_std"])],
+        "vs first row, points": [
+            "reference" if first else "-" if pd.isna(v) else f"{v:+.2f}"
+            for first, v in zip(~table["dataset"].duplicated(), table["vs_first"])
+        ],
         f"parameters ({' + '.join(PARTS)})": [_split(row) for _, row in table.iterrows()],
         "images/s": table["images_per_s"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f}"),
         "% of SNN accuracy": table["acc_vs_snn"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}"),
