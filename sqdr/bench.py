@@ -3,7 +3,8 @@
 Each measurement runs in a fresh Python process, so its peak resident memory is its own and one engine's caches
 cannot help another. Timings are medians from ``torch.utils.benchmark.Timer.blocked_autorange``. The machine
 may be shared: compare the ratios printed at the end (both sides measured in the same run) rather than
-absolute numbers.
+absolute numbers. With ``--rounds N`` every case is measured once per round, round after round, so the two sides
+of a ratio are measured minutes apart at most; rows and ratios are then medians over the rounds.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 from argparse import ArgumentError
@@ -251,30 +253,67 @@ def table_line(row: dict) -> str:
     return f"{label(row):<44} {row['n_qubits']:>2} {row['n_blocks']:>2} {row['batch']:>5} {shown}"
 
 
-def ratios(rows: list[dict]) -> list[str]:
-    """Side-by-side speed-ups from this run: fast vs reference encoder, sqdr vs TorchLayer, fused vs PennyLane."""
+def combine(rows: list[dict]) -> dict:
+    """One case's measurements from several rounds as one row: the median throughput and step time, the largest
+    peak memory; an error in any round is the row's error."""
+    failed = next((row for row in rows if "error" in row), None)
+    if failed is not None:
+        return failed
+    return {
+        **rows[0],
+        "samples_per_s": statistics.median(row["samples_per_s"] for row in rows),
+        "median_s": statistics.median(row["median_s"] for row in rows),
+        "runs": sum(row["runs"] for row in rows),
+        "peak_mem_mb": max(row["peak_mem_mb"] for row in rows),
+        "rounds": len(rows),
+    }
+
+
+def speedups(rows: list[dict]) -> dict[str, float]:
+    """Side-by-side speed-ups within one round: fast vs reference encoder, sqdr vs TorchLayer, fused vs PennyLane."""
     done = [r for r in rows if "samples_per_s" in r]
 
     def find(**fields) -> Optional[dict]:
         return next((r for r in done if all(r.get(k) == v for k, v in fields.items())), None)
 
-    lines = []
+    found = {}
     for r in done:
-        if r["name"] == "epoch":
-            lines.append(f"one training epoch of {r['samples_per_s'] * r['median_s']:,.0f} Fashion-MNIST images at "
-                         f"batch {r['batch']}: {r['median_s']:.1f} s, data loading included")
         key = dict(name=r["name"], n_qubits=r["n_qubits"], n_blocks=r["n_blocks"], batch=r["batch"], noise=r["noise"])
         if r.get("encoder") == "reference" and (fast := find(**key, encoder="fast", engine=r["engine"])):
-            ratio = fast["samples_per_s"] / r["samples_per_s"]
-            lines.append(f"{r['name']} batch {r['batch']}: fast encoder is {ratio:.2f}x the snnTorch reference")
+            found[f"{r['name']} batch {r['batch']}: fast encoder vs the snnTorch reference"] = (
+                fast["samples_per_s"] / r["samples_per_s"]
+            )
         if r.get("layer") == "torchlayer" and (ours := find(**key, engine="lightning", layer="sqdr")):
-            ratio = ours["samples_per_s"] / r["samples_per_s"]
-            lines.append(f"circuit q={r['n_qubits']} L={r['n_blocks']}: sqdr lightning is {ratio:.1f}x a TorchLayer QNode")
+            found[f"circuit q={r['n_qubits']} L={r['n_blocks']}: sqdr lightning vs a TorchLayer QNode"] = (
+                ours["samples_per_s"] / r["samples_per_s"]
+            )
         if r["name"] in ("circuit", "noisy_circuit") and r["engine"] != "fused" and r.get("layer") == "sqdr":
             fused = find(name=r["name"], engine="fused", n_qubits=r["n_qubits"], n_blocks=r["n_blocks"])
             if fused:
-                ratio = fused["samples_per_s"] / r["samples_per_s"]
-                lines.append(f"{r['name']} q={r['n_qubits']} L={r['n_blocks']}: fused is {ratio:,.0f}x {r['engine']}")
+                found[f"{r['name']} q={r['n_qubits']} L={r['n_blocks']}: fused vs {r['engine']}"] = (
+                    fused["samples_per_s"] / r["samples_per_s"]
+                )
+    return found
+
+
+def ratios(rounds: list[list[dict]]) -> list[str]:
+    """The speed-ups as lines: per pair the median over rounds of the ratio within each round (and the range when
+    there are several rounds); the epoch's time as seconds."""
+    epochs = [combine(list(rows)) for rows in zip(*rounds) if rows[0]["name"] == "epoch"]
+    lines = [
+        f"one training epoch of {row['samples_per_s'] * row['median_s']:,.0f} Fashion-MNIST images at "
+        f"batch {row['batch']}: {row['median_s']:.1f} s, data loading included"
+        for row in epochs
+        if "samples_per_s" in row
+    ]
+    per_round = [speedups(rows) for rows in rounds]
+    for pair in per_round[0]:
+        values = [found[pair] for found in per_round if pair in found]
+        ratio = statistics.median(values)
+        shown = f"{ratio:.2f}x" if ratio < 100 else f"{ratio:,.0f}x"
+        if len(values) > 1:
+            shown += f" (rounds: {', '.join(f'{v:.3g}' for v in values)})"
+        lines.append(f"{pair}: {shown}")
     return lines
 
 
@@ -301,6 +340,13 @@ def build_parser() -> ArgumentParser:
         help="circuit sizes: 'default' (a bounded subset) or 'full' (qubits 2..16 x blocks 1..4, takes long)",
     )
     parser.add_argument("--min_time", type=float, default=2.0, help="seconds of timed steps per measurement")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every case once per round, round after round; rows and ratios are medians over the rounds "
+        "(3 steadies the ratios on a shared machine, at three times the run time)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per measurement process")
     parser.add_argument("--one", type=Optional[str], default=None, help="measure one case (JSON) in this process")
     return parser
@@ -323,20 +369,29 @@ def main(argv: Optional[list[str]] = None) -> None:
         raise UserError(f"{error}; see `sqdr bench --help`.") from None
     if args.min_time <= 0 or args.timeout <= 0:
         raise UserError("--min_time and --timeout must be positive numbers of seconds.")
+    if args.rounds < 1:
+        raise UserError(f"--rounds must be 1 or more, not {args.rounds}.")
     if args.one:
         print(json.dumps(measure(Case(**json.loads(args.one)), args.min_time)))
         return
     cases = select(model_cases() + circuit_cases(args.grid), args.only)
     if not args.json:
-        print(" ".join(f"{k}={v}" for k, v in machine().items()))
+        print(" ".join(f"{k}={v}" for k, v in machine().items()) + f" rounds={args.rounds}")
         print(f"{'measurement':<44} {'q':>2} {'L':>2} {'batch':>5} {'samples/s':>12} {'peak MB':>9}")
-    rows = []
-    for case in cases:
-        row = run_isolated(case, args.min_time, args.timeout)
-        rows.append(row)
-        print(json.dumps(row) if args.json else table_line(row), flush=True)
+    rounds = []
+    for number in range(1, args.rounds + 1):
+        rows = []
+        for case in cases:
+            rows.append(run_isolated(case, args.min_time, args.timeout))
+            last_round = number == args.rounds
+            if last_round:  # the rows of the last round are the medians over all rounds so far
+                row = combine([measured[len(rows) - 1] for measured in rounds] + [rows[-1]])
+                print(json.dumps(row) if args.json else table_line(row), flush=True)
+            else:
+                print(f"round {number}/{args.rounds}: {table_line(rows[-1])}", file=sys.stderr, flush=True)
+        rounds.append(rows)
     if not args.json:
-        for line in ratios(rows):
+        for line in ratios(rounds):
             print(line)
 
 
