@@ -96,5 +96,6 @@ def test_reproduction_run_resolves_through_the_fit_cli(plan, run, capsys, monkey
     assert exit_info.value.code in (0, None)
     resolved = yaml.safe_load(capsys.readouterr().out)
     if run.variant.name == "best_1k":  # its own config comes after the data set's overrides and wins
-        assert resolved["trainer"]["max_epochs"] == 25 and resolved["data"]["init_args"]["batch_size"] == 64
+        assert resolved["trainer"]["max_epochs"] == 40 and resolved["data"]["init_args"]["batch_size"] == 64
+        assert resolved["model"]["scheduler"]["init_args"]["total_steps"] == 860 * 40  # 860 batches an epoch
     assert resolved["seed_everything"] == 0
