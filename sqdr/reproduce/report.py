@@ -102,7 +102,7 @@ def markdown(table: pd.DataFrame) -> str:
         "seeds": table["seeds"],
         "test accuracy %": [_mean_std(m, s) for m, s in zip(table["test_acc_mean"], table["test_acc_std"])],
         "vs first row, points": [
-            "reference" if first else "-" if pd.isna(v) else f"{v:+.2f}"
+            "-" if pd.isna(v) else "reference" if first else f"{v:+.2f}"
             for first, v in zip(~table["dataset"].duplicated(), table["vs_first"])
         ],
         f"parameters ({' + '.join(PARTS)})": [_split(row) for _, row in table.iterrows()],
