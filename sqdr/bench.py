@@ -297,8 +297,8 @@ def speedups(rows: list[dict]) -> dict[str, float]:
 
 
 def ratios(rounds: list[list[dict]]) -> list[str]:
-    """The speed-ups as lines: per pair the median over rounds of the ratio within each round (and the range when
-    there are several rounds); the epoch's time as seconds."""
+    """The speed-ups as lines: per pair the median over rounds of the ratio within each round (and each round's
+    ratio when there are several); the epoch's time as seconds."""
     epochs = [combine(list(rows)) for rows in zip(*rounds) if rows[0]["name"] == "epoch"]
     lines = [
         f"one training epoch of {row['samples_per_s'] * row['median_s']:,.0f} Fashion-MNIST images at "
@@ -381,14 +381,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     rounds = []
     for number in range(1, args.rounds + 1):
         rows = []
-        for case in cases:
+        for index, case in enumerate(cases):
             rows.append(run_isolated(case, args.min_time, args.timeout))
-            last_round = number == args.rounds
-            if last_round:  # the rows of the last round are the medians over all rounds so far
-                row = combine([measured[len(rows) - 1] for measured in rounds] + [rows[-1]])
-                print(json.dumps(row) if args.json else table_line(row), flush=True)
-            else:
+            if number < args.rounds:
                 print(f"round {number}/{args.rounds}: {table_line(rows[-1])}", file=sys.stderr, flush=True)
+            else:  # the last round prints each case's median over all rounds
+                row = combine([measured[index] for measured in rounds] + [rows[-1]])
+                print(json.dumps(row) if args.json else table_line(row), flush=True)
         rounds.append(rows)
     if not args.json:
         for line in ratios(rounds):

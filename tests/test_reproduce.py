@@ -138,6 +138,10 @@ def test_summary_gives_each_row_its_difference_to_the_data_sets_first_row(tmp_pa
     markdown = (tmp_path / "out" / "tables" / "reproduce_quick.md").read_text()
     assert "| reference " in markdown and "| -3.50 " in markdown
 
+    failed_reference = [{**record, "status": "failed", "reason": "RuntimeError: x"} for record in records[:2]]
+    table = summary_table(failed_reference + records[2:], PUBLISHED).set_index("variant")
+    assert pd.isna(table.loc["cnn", "vs_first"])  # no reference, no difference
+
 
 def test_pareto_front_keeps_rows_no_smaller_model_beats():
     rows = pd.DataFrame({"params_total": [800, 1000, 1200, 5000], "test_acc_mean": [70.0, 65.0, 80.0, 79.0]})

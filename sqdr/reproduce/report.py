@@ -1,9 +1,10 @@
 """The tables and figures of a reproduction, from its run records and the published spiking results.
 
 Tables (``<out>/tables/reproduce_<budget>.csv|md``): one row per (data set, variant) with the mean and standard
-deviation of the test accuracy over seeds, its difference to the data set's first row, the parameters per part, the training throughput and, where published
-spiking results for the data set are given, the paper's two ratios: accuracy as a percentage of the mean accuracy
-of those spiking networks, and parameters as a percentage of the smallest of them. Rows of skipped or failed runs
+deviation of the test accuracy over seeds, its difference to the data set's first row, the parameters per part,
+the training throughput and, where published spiking results for the data set are given, the paper's two ratios:
+accuracy as a percentage of the mean accuracy of those spiking networks, and parameters as a percentage of the
+smallest of them. Rows of skipped or failed runs
 say why; ``reproduce_<budget>_runs.csv`` holds every run, with the whole reason and how to fix it. Figures
 (``<out>/figures/``): per data set, validation accuracy per epoch (mean over seeds) and test accuracy against
 parameters, published networks included.
@@ -64,7 +65,9 @@ def summary_table(records: list[Record], published: pd.DataFrame) -> pd.DataFram
     table = pd.DataFrame(rows)
     # An ablation reads as a difference: each row's mean minus that of its data set's first row (the plan lists the
     # reference model first: the paper model, or the tuned model whose choices are put back one at a time).
-    table["vs_first"] = table["test_acc_mean"] - table.groupby("dataset", sort=False)["test_acc_mean"].transform("first")
+    # A first row without a result leaves its data set without a reference (``transform("first")`` would skip it).
+    reference = table.groupby("dataset", sort=False)["test_acc_mean"].transform(lambda accuracy: accuracy.iloc[0])
+    table["vs_first"] = table["test_acc_mean"] - reference
     return table
 
 
