@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sqdr.models import stage_kernels
 from sqdr.models.coding import CODERS, direct_code, phase_code
 from sqdr.models.encoder import (
     EVAL_CHUNK,
@@ -25,6 +26,13 @@ from sqdr.models.neurons import spiking_neurons
 from sqdr.models.stage import conv3x3
 
 SURROGATES = ["atan", "fast_sigmoid", "sigmoid", "triangular", "straight_through"]
+
+
+@pytest.fixture(params=["serial", "threaded"])
+def kernel_loops(request, monkeypatch) -> str:
+    """Run the stage kernels on the calling thread or on numba's threads, whatever the size of their arrays."""
+    monkeypatch.setattr(stage_kernels, "PARALLEL_MIN_ELEMENTS", 0 if request.param == "threaded" else 2**62)
+    return request.param
 
 
 def encoder_pair(**kwargs) -> tuple[SpikingEncoder, ReferenceSpikingEncoder]:
@@ -86,8 +94,8 @@ def test_fast_encoder_matches_reference_in_eval_mode_and_keeps_running_statistic
         assert torch.allclose(a.running_var, b.running_var, atol=1e-12)
         assert a.num_batches_tracked.item() == b.num_batches_tracked.item() == 1
     fast.eval(), reference.eval()
-    rates, frame_grad, grads = run(fast, frames, weights)
-    ref_rates, ref_frame_grad, ref_grads = run(reference, frames, weights)
+    rates, _, grads = run(fast, frames, weights)
+    ref_rates, _, ref_grads = run(reference, frames, weights)
     assert torch.equal(rates, ref_rates)
     for name in grads:
         assert_close(grads[name], ref_grads[name], name)
@@ -195,7 +203,8 @@ def test_non_positive_threshold_is_a_clear_error():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("in_channels, out_channels, height, width", [(1, 2, 28, 28), (2, 4, 14, 14), (3, 5, 9, 7)])
-def test_kernel_convolution_matches_pytorch_outputs_and_gradients(dtype, in_channels, out_channels, height, width):
+def test_kernel_convolution_matches_pytorch_outputs_and_gradients(dtype, in_channels, out_channels, height, width,
+                                                                  kernel_loops):
     torch.manual_seed(in_channels)
     x = torch.randn(6, in_channels, height, width, dtype=dtype, requires_grad=True)
     weight = torch.randn(out_channels, in_channels, 3, 3, dtype=dtype, requires_grad=True)
@@ -261,7 +270,8 @@ def stage_by_modules(encoder: SpikingEncoder, frames: torch.Tensor, pool: bool) 
 @pytest.mark.parametrize("pool", [True, False])
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("surrogate", SURROGATES)
-def test_fused_stage_matches_modules_outputs_gradients_and_running_statistics(dtype, pool, training, surrogate):
+def test_fused_stage_matches_modules_outputs_gradients_and_running_statistics(dtype, pool, training, surrogate,
+                                                                             kernel_loops):
     torch.manual_seed(3)
     kernel = SpikingEncoder(in_channels=2, channels=[3], out_features=6, neuron="leaky", beta=0.8, threshold=0.7,
                             surrogate=surrogate, surrogate_slope=3.0).to(dtype)
@@ -302,6 +312,20 @@ def stage_by_kernels(encoder: SpikingEncoder, frames: torch.Tensor, pool: bool) 
     conv, norm, neuron = encoder.convs[0], encoder.norms[0], encoder.conv_neurons[0]
     spikes = encoder._stage(frames.flatten(0, 1), steps, conv, norm, neuron, pool)
     return spikes.view(steps, batch, *spikes.shape[1:])
+
+
+def test_fast_encoder_gives_the_same_bits_on_one_thread_and_on_numba_threads(monkeypatch):
+    fast, _ = encoder_pair()
+    frames = phase_code(torch.rand(6, 1, 12, 12, dtype=torch.float64), 10)
+    weights = torch.randn(6, 6, dtype=torch.float64)
+    runs = []
+    for threshold in (2**62, 0):
+        monkeypatch.setattr(stage_kernels, "PARALLEL_MIN_ELEMENTS", threshold)
+        runs.append(run(copy.deepcopy(fast), frames, weights))
+    (rates, frame_grad, grads), (threaded_rates, threaded_frame_grad, threaded_grads) = runs
+    assert 0 < rates.mean() < 1 and frame_grad.abs().sum() > 0
+    assert torch.equal(rates, threaded_rates) and torch.equal(frame_grad, threaded_frame_grad)
+    assert all(torch.equal(grads[name], threaded_grads[name]) for name in grads)
 
 
 def test_fused_stage_saves_nothing_for_backward_without_gradients():

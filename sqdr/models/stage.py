@@ -48,10 +48,14 @@ class Conv3x3Function(torch.autograd.Function):
     def backward(ctx, grad):
         _use_torch_threads()
         x, weight = ctx.saved_tensors
-        weight_grads, input_grads = kernels.conv3x3_gradients(
-            _numpy(grad.to(x.dtype)), _numpy(x), _numpy(weight), ctx.needs_input_grad[0]
-        )
-        return (_tensor(input_grads, x) if ctx.needs_input_grad[0] else None), _tensor(weight_grads.sum(0), weight)
+        grad = _numpy(grad.to(x.dtype))
+        weight_grad = _tensor(kernels.conv3x3_weight_gradients(grad, _numpy(x)).sum(0), weight)
+        if not ctx.needs_input_grad[0]:
+            return None, weight_grad
+        # the input gradient of a 3x3 convolution with padding 1 is the same convolution of the output gradient
+        # with the kernel flipped in both directions and its input and output channels swapped
+        flipped = _numpy(weight.flip(2, 3).transpose(0, 1).to(x.dtype))
+        return torch.from_numpy(kernels.conv3x3(grad, flipped)), weight_grad
 
 
 def conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

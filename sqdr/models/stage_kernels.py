@@ -7,7 +7,8 @@ layers. Each ATen operation reads and writes the whole ``T x B x C x H x W`` ten
 of them per time step, at far below memory speed. These kernels keep one sample's maps in cache and do every
 step on them: the neurons' whole recurrence, forward and backward, and the pooling in the same pass.
 
-Every kernel works on one frame or sample at a time (``prange``), so threads never write to the same memory.
+Every kernel works on one frame or sample at a time (``prange``), so threads never write to the same memory, and
+is compiled twice (:class:`Kernel`): threaded for large arrays, as plain loops for small ones.
 Per-frame partial sums are returned in float64 and summed by the caller, which keeps results independent of
 the number of threads. The arithmetic is that of :mod:`sqdr.models.neurons` and of ATen's batch norm
 (``y * scale + shift``) and max pool (the first maximum of a window, in raster order, gets the gradient); only
@@ -19,7 +20,9 @@ vectorising the loops.
 
 from __future__ import annotations
 
+import functools
 import math
+import types
 
 import numba
 import numpy as np
@@ -27,6 +30,12 @@ from numba import njit, prange
 
 # numba's own thread pool: no second OpenMP runtime beside PyTorch's, and its idle threads sleep.
 numba.config.THREADING_LAYER = "workqueue"
+
+# A parallel launch on numba's thread pool costs tens of microseconds, and a training step makes a dozen of them:
+# below this many elements in its largest array a kernel runs its loops on the calling thread. Measured on 2 cores
+# (training steps of the paper model, serial vs threaded): 1.3x faster serial at batch 16, level at batch 128 (stage 1
+# has 2.0M elements), 1.18x faster threaded at batch 512 (8.0M).
+PARALLEL_MIN_ELEMENTS = 2**22
 
 # Surrogate derivatives, by code (the order of sqdr.models.neurons.SURROGATES).
 ATAN, FAST_SIGMOID, SIGMOID, TRIANGULAR, STRAIGHT_THROUGH = range(5)
@@ -66,73 +75,110 @@ def _surrogate(code, constants, potentials, threshold, out):
         out[:] = one
 
 
+class Kernel:
+    """A kernel compiled twice: with its ``prange`` loop spread over numba's threads, and as plain loops. A call
+    runs the threaded one when its largest array has at least ``PARALLEL_MIN_ELEMENTS`` elements."""
+
+    def __init__(self, function) -> None:
+        options = {"cache": True, "error_model": "numpy"}
+        self.threaded = njit(parallel=True, **options)(function)
+        # numba's on-disk cache tells functions apart by qualified name, not by compile options: the serial twin
+        # gets a name of its own, or the two would load each other's machine code.
+        serial = types.FunctionType(function.__code__, function.__globals__, function.__name__, function.__defaults__)
+        serial.__qualname__ = f"{function.__qualname__}_serial"
+        self.serial = njit(**options)(serial)
+        functools.update_wrapper(self, function)
+
+    def __call__(self, *args):
+        size = max(arg.size for arg in args if isinstance(arg, np.ndarray))
+        return (self.threaded if size >= PARALLEL_MIN_ELEMENTS else self.serial)(*args)
+
+
 # The convolution works on frames padded with a border of zeros and flattened: in a padded frame of row length
 # R = W + 2, output pixel (h, j) sits at p = h * R + j and its 3x3 taps at p + di * R + dj. Every tap is then one
 # shifted multiply-add over all H * R positions at once, a loop long enough to vectorise even on 7x7 maps (which
-# rows of 7 pixels are not). Positions with j >= W are scratch: computed and never read.
+# rows of 7 pixels are not). Positions with j >= W are scratch: computed and never read. The last tap of the last
+# scratch position reads 2 elements past the padded frame, so padded frames carry 2 more zeros (``PAD_TAIL``).
+PAD_TAIL = 2
 
 
 @njit(cache=True, error_model="numpy")
 def _padded(x, n):
-    """Frame ``n`` of ``x`` ``(N, C, H, W)`` padded with zeros and flattened: ``(C, (H + 2) * (W + 2))``."""
+    """Frame ``n`` of ``x`` ``(N, C, H, W)`` padded with zeros and flattened: ``(C, (H + 2) * (W + 2) + PAD_TAIL)``."""
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     row = width + 2
-    padded = np.zeros((channels, (height + 2) * row), x.dtype)
+    padded = np.zeros((channels, (height + 2) * row + PAD_TAIL), x.dtype)
+    frame = x[n].reshape(channels * height * width)  # flat indices: the copies vectorise, 4-d ones did not
     for c in range(channels):
+        target = padded[c]
         for h in range(height):
-            start = (h + 1) * row + 1
+            start, source = (h + 1) * row + 1, (c * height + h) * width
             for j in range(width):
-                padded[c, start + j] = x[n, c, h, j]
+                target[start + j] = frame[source + j]
     return padded
 
 
 @njit(cache=True, error_model="numpy")
 def _convolve(padded, weight, o, row, out):
     """``out = conv2d(frame, weight[o], padding=1)`` for a padded flattened frame of row length ``row``, in the
-    padded layout: ``out`` has ``H * row`` positions."""
-    out[:] = 0
+    padded layout: ``out`` has ``H * row`` positions. All nine taps of an input channel in one pass over ``out``."""
+    size = out.size
     for c in range(padded.shape[0]):
-        frame = padded[c]
-        for di in range(3):
-            for dj in range(3):
-                w = weight[o, c, di, dj]
-                # a view at the tap's offset: indices from range() need no negative-index check, which vectorises
-                shifted = frame[di * row + dj : di * row + dj + out.size]
-                for p in range(out.size):
-                    out[p] += w * shifted[p]
+        frame, w = padded[c], weight[o, c]
+        # views at the taps' offsets: indices from range() need no negative-index check, which vectorises
+        a0, a1, a2 = frame[0:size], frame[1 : size + 1], frame[2 : size + 2]
+        b0, b1, b2 = frame[row : row + size], frame[row + 1 : row + size + 1], frame[row + 2 : row + size + 2]
+        c0, c1, c2 = frame[2 * row : 2 * row + size], frame[2 * row + 1 : 2 * row + size + 1], frame[2 * row + 2 :]
+        w00, w01, w02, w10, w11, w12, w20, w21, w22 = (
+            w[0, 0], w[0, 1], w[0, 2], w[1, 0], w[1, 1], w[1, 2], w[2, 0], w[2, 1], w[2, 2]
+        )
+        for p in range(size):
+            total = (w00 * a0[p] + w01 * a1[p] + w02 * a2[p]) + (w10 * b0[p] + w11 * b1[p] + w12 * b2[p]) + (
+                w20 * c0[p] + w21 * c1[p] + w22 * c2[p]
+            )
+            out[p] = total if c == 0 else out[p] + total
 
 
 @njit(cache=True, error_model="numpy")
 def _unpad(plane, row, out):
     """The ``H x W`` pixels of ``plane`` (the padded layout of :func:`_convolve`) into ``out``."""
-    for h in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            out[h, j] = plane[h * row + j]
+    height, width = out.shape
+    flat = out.reshape(height * width)
+    for h in range(height):
+        for j in range(width):
+            flat[h * width + j] = plane[h * row + j]
 
 
 @njit(cache=True, error_model="numpy", fastmath=SUMS)
 def _weight_grad(grad, frame, row, out):
     """``out[di, dj] += sum(grad * frame shifted by (di, dj))``: a 3x3 weight gradient from the output gradient
-    ``grad`` in the padded layout (zero at scratch positions) and a padded flattened frame."""
-    for di in range(3):
-        for dj in range(3):
-            shifted = frame[di * row + dj : di * row + dj + grad.size]
-            total = grad[0] - grad[0]  # one plane's sum in the data's type (as oneDNN sums), added up in float64
-            for p in range(grad.size):
-                total += grad[p] * shifted[p]
-            out[di, dj] += total
-
-
-@njit(cache=True, error_model="numpy", fastmath=SUMS)
-def _input_grad(grad, weight, row, out):
-    """``out += weight[di, dj] * grad`` shifted by ``(di, dj)`` for every tap: a padded flattened input gradient
-    of one 3x3 kernel, from ``grad`` in the padded layout (zero at scratch positions)."""
-    for di in range(3):
-        for dj in range(3):
-            w = weight[di, dj]
-            shifted = out[di * row + dj : di * row + dj + grad.size]
-            for p in range(grad.size):
-                shifted[p] += w * grad[p]
+    ``grad`` in the padded layout (zero at scratch positions) and a padded flattened frame, nine sums in one pass.
+    Each plane's sums are in the data's type (as oneDNN sums), added up in float64."""
+    size = grad.size
+    a0, a1, a2 = frame[0:size], frame[1 : size + 1], frame[2 : size + 2]
+    b0, b1, b2 = frame[row : row + size], frame[row + 1 : row + size + 1], frame[row + 2 : row + size + 2]
+    c0, c1, c2 = frame[2 * row : 2 * row + size], frame[2 * row + 1 : 2 * row + size + 1], frame[2 * row + 2 :]
+    s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = grad[0] - grad[0]
+    for p in range(size):
+        g = grad[p]
+        s00 += g * a0[p]
+        s01 += g * a1[p]
+        s02 += g * a2[p]
+        s10 += g * b0[p]
+        s11 += g * b1[p]
+        s12 += g * b2[p]
+        s20 += g * c0[p]
+        s21 += g * c1[p]
+        s22 += g * c2[p]
+    out[0, 0] += s00
+    out[0, 1] += s01
+    out[0, 2] += s02
+    out[1, 0] += s10
+    out[1, 1] += s11
+    out[1, 2] += s12
+    out[2, 0] += s20
+    out[2, 1] += s21
+    out[2, 2] += s22
 
 
 @njit(cache=True, error_model="numpy", fastmath=SUMS)
@@ -233,7 +279,7 @@ def _norm_grad(grad, plane, mean, slope, gain, grad_mean, out):
         out[i] = gain * (grad[i] - grad_mean - (plane[i] - mean) * slope)
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
+@Kernel
 def conv3x3(x, weight):
     """``conv2d(x, weight, padding=1)`` for frames ``x`` ``(N, C, H, W)``: ``(N, O, H, W)``."""
     frames, height, width = x.shape[0], x.shape[2], x.shape[3]
@@ -248,33 +294,27 @@ def conv3x3(x, weight):
     return out
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
-def conv3x3_gradients(grad, x, weight, need_input_grad):
-    """The gradients of :func:`conv3x3` for the output gradient ``grad`` ``(N, O, H, W)``: the weight's per frame
-    ``(N, O, C, 3, 3)`` in float64 and, if ``need_input_grad``, the input's ``(N, C, H, W)`` (else empty)."""
+@Kernel
+def conv3x3_weight_gradients(grad, x):
+    """The weight gradient of :func:`conv3x3` for the output gradient ``grad`` ``(N, O, H, W)``, per frame:
+    ``(N, O, C, 3, 3)`` in float64. (The input gradient is :func:`conv3x3` of ``grad`` with the flipped kernel.)"""
     frames, channels, height, width = x.shape
-    out_channels, row = weight.shape[0], width + 2
+    out_channels, row = grad.shape[1], width + 2
     weight_grads = np.zeros((frames, out_channels, channels, 3, 3))
-    input_grads = np.zeros(x.shape if need_input_grad else (0, 0, 0, 0), x.dtype)
     for n in prange(frames):
         padded = _padded(x, n)
-        padded_grad = np.zeros((channels, (height + 2) * row), x.dtype)
-        plane = np.zeros((height, row), x.dtype)  # the output gradient in the padded layout, zero at scratch
-        flat = plane.reshape(height * row)
+        plane = np.zeros(height * row, x.dtype)  # the output gradient in the padded layout, zero at scratch
         for o in range(out_channels):
+            source = grad[n, o].reshape(height * width)
             for h in range(height):
                 for j in range(width):
-                    plane[h, j] = grad[n, o, h, j]
+                    plane[h * row + j] = source[h * width + j]
             for c in range(channels):
-                _weight_grad(flat, padded[c], row, weight_grads[n, o, c])
-                if need_input_grad:
-                    _input_grad(flat, weight[o, c], row, padded_grad[c])
-        if need_input_grad:
-            input_grads[n] = padded_grad.reshape((channels, height + 2, row))[:, 1 : height + 1, 1 : width + 1]
-    return weight_grads, input_grads
+                _weight_grad(plane, padded[c], row, weight_grads[n, o, c])
+    return weight_grads
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
+@Kernel
 def channel_moments(conv):
     """Per-frame sums of each channel's values and of their squares, ``(N, O, 2)`` in float64, for ``(N, O, H, W)``."""
     frames, out_channels, height, width = conv.shape
@@ -297,7 +337,7 @@ def _per_element(values, size):
     return out
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
+@Kernel
 def norm_fire_pool(conv, scale, shift, beta, threshold, pool, potentials):
     """Spikes of neurons driven by ``conv * scale[o] + shift[o]`` over the T steps of ``conv`` ``(T, B, O, H, W)``
     (batch norm folded into one multiply-add, as ATen computes it), max-pooled if ``pool``: ``(T, B, O, H', W')``.
@@ -328,7 +368,7 @@ def norm_fire_pool(conv, scale, shift, beta, threshold, pool, potentials):
     return spikes
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
+@Kernel
 def current_gradients(grad_spikes, potentials, conv, mean, invstd, beta, threshold, code, constants, pool):
     """Gradients of the neurons' input currents ``(T, B, O, H, W)``, and per-sample sums ``(B, O, 2)`` of them
     and of them times the normalised convolution ``(conv - mean[o]) * invstd[o]`` (batch norm's backward).
@@ -366,7 +406,7 @@ def current_gradients(grad_spikes, potentials, conv, mean, invstd, beta, thresho
     return grads, sums
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
+@Kernel
 def norm_gradients(current_grads, conv, mean, slope, gain, grad_mean):
     """Batch norm's backward in place of ``current_grads`` ``(N, O, H, W)``: the gradient of the convolution's
     outputs ``conv`` (see :func:`_norm_grad`; per-channel constants in the data's type). In evaluation mode
