@@ -32,10 +32,10 @@ from numba import njit, prange
 numba.config.THREADING_LAYER = "workqueue"
 
 # A parallel launch on numba's thread pool costs tens of microseconds, and a training step makes a dozen of them:
-# below this many elements in its largest array a kernel runs its loops on the calling thread. Measured on 2 cores
-# (training steps of the paper model, serial vs threaded): 1.3x faster serial at batch 16, level at batch 128 (stage 1
-# has 2.0M elements), 1.18x faster threaded at batch 512 (8.0M).
-PARALLEL_MIN_ELEMENTS = 2**22
+# below this many elements in its largest array a kernel runs its loops on the calling thread. Timed on 2 cores
+# against every kernel threaded, training steps of the paper model were faster at batches 16 to 64 (at 16, where
+# stage 1 has 250,880 elements, every kernel runs serial) and level at 128; a threshold 4x higher lost at 128.
+PARALLEL_MIN_ELEMENTS = 2**18
 
 # Surrogate derivatives, by code (the order of sqdr.models.neurons.SURROGATES).
 ATAN, FAST_SIGMOID, SIGMOID, TRIANGULAR, STRAIGHT_THROUGH = range(5)
