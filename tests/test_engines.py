@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sqdr.models.circuit import ReuploadCircuit
+from sqdr.models.engines.fused import bloch_rotations, rot_matrices
 from sqdr.models.noise import NoiseModel
 from sqdr.models.spec import CircuitSpec, resolve_engine
 
@@ -242,3 +243,15 @@ def test_auto_engine_runs_and_records_the_engine_it_picked():
     features = torch.rand(5, 12, dtype=torch.float64)
     assert auto.engine.name == "fused"
     assert torch.equal(auto(features), fused(features))
+
+
+def test_bloch_rotation_is_the_rotation_of_rot_and_its_gradient_matches_finite_differences():
+    torch.manual_seed(5)
+    angles = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
+    rotation = bloch_rotations(angles)
+    unitary = rot_matrices(angles.detach())
+    paulis = torch.tensor([[[0, 1], [1, 0]], [[0, -1j], [1j, 0]], [[1, 0], [0, -1]]], dtype=torch.complex128)
+    # R[j, k] = Tr(σ_j U σ_k U†) / 2
+    expected = torch.einsum("jab,...bc,kcd,...ad->...jk", paulis, unitary, paulis, unitary.conj()).real / 2
+    assert torch.allclose(rotation, expected, atol=1e-12)
+    assert torch.autograd.gradcheck(bloch_rotations, (angles,))

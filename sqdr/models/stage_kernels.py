@@ -103,18 +103,24 @@ PAD_TAIL = 2
 
 
 @njit(cache=True, error_model="numpy")
-def _padded(x, n):
-    """Frame ``n`` of ``x`` ``(N, C, H, W)`` padded with zeros and flattened: ``(C, (H + 2) * (W + 2) + PAD_TAIL)``."""
-    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
-    row = width + 2
-    padded = np.zeros((channels, (height + 2) * row + PAD_TAIL), x.dtype)
-    frame = x[n].reshape(channels * height * width)  # flat indices: the copies vectorise, 4-d ones did not
+def _copy_rows(source, source_row, target, target_row, height, width):
+    """Copy ``height`` rows of ``width`` values between flat arrays whose rows start ``source_row`` and
+    ``target_row`` apart. A row is copied between two 1-d views, which vectorises; indexing the 4-d arrays
+    element by element made the copies cost more than the convolution."""
+    for h in range(height):
+        start, end = h * source_row, h * target_row
+        row_from, row_to = source[start : start + width], target[end : end + width]
+        for j in range(width):
+            row_to[j] = row_from[j]
+
+
+@njit(cache=True, error_model="numpy")
+def _padded(frame, height, width):
+    """A frame of ``C`` flat maps ``(C, H * W)`` padded with zeros and flattened: ``(C, (H + 2) * (W + 2) + PAD_TAIL)``."""
+    channels, row = frame.shape[0], width + 2
+    padded = np.zeros((channels, (height + 2) * row + PAD_TAIL), frame.dtype)
     for c in range(channels):
-        target = padded[c]
-        for h in range(height):
-            start, source = (h + 1) * row + 1, (c * height + h) * width
-            for j in range(width):
-                target[start + j] = frame[source + j]
+        _copy_rows(frame[c], width, padded[c, row + 1 :], row, height, width)
     return padded
 
 
@@ -137,16 +143,6 @@ def _convolve(padded, weight, o, row, out):
                 w20 * c0[p] + w21 * c1[p] + w22 * c2[p]
             )
             out[p] = total if c == 0 else out[p] + total
-
-
-@njit(cache=True, error_model="numpy")
-def _unpad(plane, row, out):
-    """The ``H x W`` pixels of ``plane`` (the padded layout of :func:`_convolve`) into ``out``."""
-    height, width = out.shape
-    flat = out.reshape(height * width)
-    for h in range(height):
-        for j in range(width):
-            flat[h * width + j] = plane[h * row + j]
 
 
 @njit(cache=True, error_model="numpy", fastmath=SUMS)
@@ -282,15 +278,16 @@ def _norm_grad(grad, plane, mean, slope, gain, grad_mean, out):
 @Kernel
 def conv3x3(x, weight):
     """``conv2d(x, weight, padding=1)`` for frames ``x`` ``(N, C, H, W)``: ``(N, O, H, W)``."""
-    frames, height, width = x.shape[0], x.shape[2], x.shape[3]
+    frames, channels, height, width = x.shape
     out_channels, row = weight.shape[0], width + 2
     out = np.empty((frames, out_channels, height, width), x.dtype)
+    maps, out_maps = x.reshape((frames, channels, height * width)), out.reshape((frames, out_channels, -1))
     for n in prange(frames):
-        padded = _padded(x, n)
+        padded = _padded(maps[n], height, width)
         plane = np.empty(height * row, x.dtype)
         for o in range(out_channels):
             _convolve(padded, weight, o, row, plane)
-            _unpad(plane, row, out[n, o])
+            _copy_rows(plane, row, out_maps[n, o], width, height, width)
     return out
 
 
@@ -300,15 +297,13 @@ def conv3x3_weight_gradients(grad, x):
     ``(N, O, C, 3, 3)`` in float64. (The input gradient is :func:`conv3x3` of ``grad`` with the flipped kernel.)"""
     frames, channels, height, width = x.shape
     out_channels, row = grad.shape[1], width + 2
+    maps, grad_maps = x.reshape((frames, channels, height * width)), grad.reshape((frames, out_channels, -1))
     weight_grads = np.zeros((frames, out_channels, channels, 3, 3))
     for n in prange(frames):
-        padded = _padded(x, n)
+        padded = _padded(maps[n], height, width)
         plane = np.zeros(height * row, x.dtype)  # the output gradient in the padded layout, zero at scratch
         for o in range(out_channels):
-            source = grad[n, o].reshape(height * width)
-            for h in range(height):
-                for j in range(width):
-                    plane[h * row + j] = source[h * width + j]
+            _copy_rows(grad_maps[n, o], width, plane, row, height, width)
             for c in range(channels):
                 _weight_grad(plane, padded[c], row, weight_grads[n, o, c])
     return weight_grads

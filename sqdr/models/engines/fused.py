@@ -22,7 +22,7 @@ much cheaper exact computation than a general-purpose simulator can assume, vect
   circuit's time at these sizes.
 
 Deeper circuits evolve the full state vector (pure) or density matrix (noisy) between the first and the
-last block. In pure mode that evolution and the reduced density matrices are two ``autograd.Function``\ s
+last block. In pure mode that evolution and the reduced density matrices are two ``autograd.Function`` classes
 (:class:`LocalUnitaries`, :class:`ReducedDensityMatrices`) rather than a chain of ``einsum`` calls: autograd
 would keep a permuted copy of the whole batch of state vectors for every gate (at 16 qubits x 4 blocks and
 batch 128 that is gigabytes), while the gates are unitary, so the backward pass can undo them one by one
@@ -58,17 +58,46 @@ def rot_matrices(angles: torch.Tensor) -> torch.Tensor:
 
 def bloch_rotations(angles: torch.Tensor) -> torch.Tensor:
     """The rotation ``R`` of Bloch vectors by ``Rot(φ, θ, ω) = RZ(ω) RY(θ) RZ(φ)`` (``U (r·σ) U† = (R r)·σ``) for
-    angles ``(..., 3)``, as ``(..., 3, 3)`` real: ``R_z(ω) R_y(θ) R_z(φ)`` written out."""
-    cos, sin = angles.cos(), angles.sin()
-    c1, c2, c3 = cos.unbind(-1)
-    s1, s2, s3 = sin.unbind(-1)
-    c2c1, c2s1 = c2 * c1, c2 * s1
-    rows = (
-        (c3 * c2c1 - s3 * s1, -c3 * c2s1 - s3 * c1, c3 * s2),
-        (s3 * c2c1 + c3 * s1, c3 * c1 - s3 * c2s1, s3 * s2),
-        (-s2 * c1, s2 * s1, c2),
-    )
-    return torch.stack([torch.stack(row, -1) for row in rows], -2)
+    angles ``(..., 3)``, as ``(..., 3, 3)`` real: ``R_z(ω) R_y(θ) R_z(φ)`` written out (:class:`BlochRotation`)."""
+    return BlochRotation.apply(angles)
+
+
+class BlochRotation(torch.autograd.Function):
+    """:func:`bloch_rotations` as one autograd node. Autograd would record each of its two dozen small
+    operations and run as many backward nodes, which at training batch sizes cost more than the arithmetic.
+
+    Backward uses ``∂R/∂φ = R K`` and ``∂R/∂ω = K R`` with ``K`` the generator of rotations about z
+    (``K e_x = e_y``, ``K e_y = -e_x``), and ``∂R/∂θ = R_z(ω) R_y'(θ) R_z(φ)`` written out.
+    """
+
+    @staticmethod
+    def forward(ctx, angles: torch.Tensor) -> torch.Tensor:
+        cos, sin = angles.cos(), angles.sin()
+        c1, c2, c3 = cos.unbind(-1)
+        s1, s2, s3 = sin.unbind(-1)
+        c2c1, c2s1 = c2 * c1, c2 * s1
+        rows = (
+            (c3 * c2c1 - s3 * s1, -c3 * c2s1 - s3 * c1, c3 * s2),
+            (s3 * c2c1 + c3 * s1, c3 * c1 - s3 * c2s1, s3 * s2),
+            (-s2 * c1, s2 * s1, c2),
+        )
+        rotation = torch.stack([torch.stack(row, -1) for row in rows], -2)
+        ctx.save_for_backward(cos, sin, rotation)
+        return rotation
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        cos, sin, rotation = ctx.saved_tensors
+        c1, c2, c3 = cos.unbind(-1)
+        s1, s2, s3 = sin.unbind(-1)
+        d_phi = (grad[..., 0] * rotation[..., 1] - grad[..., 1] * rotation[..., 0]).sum(-1)
+        d_omega = (grad[..., 1, :] * rotation[..., 0, :] - grad[..., 0, :] * rotation[..., 1, :]).sum(-1)
+        # rows 0 and 1 of ∂R/∂θ are c3 and s3 times (-s2 c1, s2 s1, c2); row 2 is (-c2 c1, c2 s1, -s2)
+        tilt = torch.stack([-s2 * c1, s2 * s1, c2], -1)
+        bottom = torch.stack([-c2 * c1, c2 * s1, -s2], -1)
+        top = grad[..., 0, :] * c3.unsqueeze(-1) + grad[..., 1, :] * s3.unsqueeze(-1)
+        d_theta = (top * tilt + grad[..., 2, :] * bottom).sum(-1)
+        return torch.stack([d_phi, d_theta, d_omega], -1)
 
 
 #: The Bloch-vector component of each readout Pauli.
