@@ -226,31 +226,37 @@ def _pool(plane, out):
 
 
 @njit(cache=True, error_model="numpy")
-def _unpool(grad, potentials, threshold, out):
+def _unpool(grad, potentials, threshold, height, width, out):
     """Max pool's backward on spikes ``potentials > threshold``: a window's gradient goes to its first spiking
     pixel in raster order, or to its first pixel if none fired (ATen's choice of the maximum's index).
 
-    Written as arithmetic on 0/1 spikes rather than conditions: random spikes make branches mispredict.
+    Flat arrays: ``grad`` ``(H // 2) * (W // 2)``, ``potentials`` and ``out`` ``H * W``. Written as arithmetic on
+    0/1 spikes rather than conditions (random spikes make branches mispredict), and on flat indices (2-d views
+    of each plane cost more than the arithmetic on 7x7 maps).
     """
     zero = threshold - threshold  # typed like the data (see surrogate_constants)
     one = threshold / threshold
-    out[:, :] = zero
-    for i in range(grad.shape[0]):
-        top, bottom = potentials[2 * i], potentials[2 * i + 1]
-        top_out, bottom_out = out[2 * i], out[2 * i + 1]
-        for j in range(grad.shape[1]):
-            g = grad[i, j]
-            a = one if top[2 * j] > threshold else zero
-            b = one if top[2 * j + 1] > threshold else zero
-            c = one if bottom[2 * j] > threshold else zero
-            d = one if bottom[2 * j + 1] > threshold else zero
+    pooled_height, pooled_width = height // 2, width // 2
+    if height % 2 or width % 2:  # a trailing row or column no window covers gets no gradient
+        for i in range(out.size):
+            out[i] = zero
+    for i in range(pooled_height):
+        top = 2 * i * width
+        bottom = top + width
+        for j in range(pooled_width):
+            g = grad[i * pooled_width + j]
+            left, right = 2 * j, 2 * j + 1
+            a = one if potentials[top + left] > threshold else zero
+            b = one if potentials[top + right] > threshold else zero
+            c = one if potentials[bottom + left] > threshold else zero
+            d = one if potentials[bottom + right] > threshold else zero
             not_a = one - a
             not_ab = not_a * (one - b)
             not_abc = not_ab * (one - c)
-            top_out[2 * j] = g * (a + not_abc * (one - d))
-            top_out[2 * j + 1] = g * (b * not_a)
-            bottom_out[2 * j] = g * (c * not_ab)
-            bottom_out[2 * j + 1] = g * (d * not_abc)
+            out[top + left] = g * (a + not_abc * (one - d))
+            out[top + right] = g * (b * not_a)
+            out[bottom + left] = g * (c * not_ab)
+            out[bottom + right] = g * (d * not_abc)
 
 
 @njit(cache=True, error_model="numpy", fastmath=SUMS)
@@ -385,9 +391,11 @@ def current_gradients(grad_spikes, potentials, conv, mean, invstd, beta, thresho
         for t in range(steps - 1, -1, -1):
             u = flat_potentials[t, b]
             if pool:
+                pooled = flat_grad_spikes.shape[2] // out_channels
                 for o in range(out_channels):
-                    plane = spike_grad[o * size : (o + 1) * size].reshape((height, width))
-                    _unpool(grad_spikes[t, b, o], potentials[t, b, o], threshold, plane)
+                    channel = slice(o * size, (o + 1) * size)
+                    _unpool(flat_grad_spikes[t, b, o * pooled : (o + 1) * pooled], u[channel], threshold, height, width,
+                            spike_grad[channel])
             else:
                 spike_grad[:] = flat_grad_spikes[t, b]
             _surrogate(code, constants, u, threshold, derivative)
