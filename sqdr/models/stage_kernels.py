@@ -217,12 +217,17 @@ def _fire(plane, scale, shift, beta, threshold, membrane, potentials, spikes):
 
 
 @njit(cache=True, error_model="numpy")
-def _pool(plane, out):
-    """2x2 max pool with stride 2 (a trailing odd row or column is dropped, as in ``MaxPool2d(2, 2)``)."""
-    for i in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            top = max(plane[2 * i, 2 * j], plane[2 * i, 2 * j + 1])
-            out[i, j] = max(top, max(plane[2 * i + 1, 2 * j], plane[2 * i + 1, 2 * j + 1]))
+def _pool(plane, height, width, out):
+    """2x2 max pool with stride 2 of a flat ``H * W`` plane into a flat ``(H // 2) * (W // 2)`` one (a trailing odd
+    row or column is dropped, as in ``MaxPool2d(2, 2)``)."""
+    pooled_width = width // 2
+    for i in range(height // 2):
+        top = 2 * i * width
+        bottom = top + width
+        for j in range(pooled_width):
+            left, right = 2 * j, 2 * j + 1
+            upper = max(plane[top + left], plane[top + right])
+            out[i * pooled_width + j] = max(upper, max(plane[bottom + left], plane[bottom + right]))
 
 
 @njit(cache=True, error_model="numpy")
@@ -362,8 +367,9 @@ def norm_fire_pool(conv, scale, shift, beta, threshold, pool, potentials):
             potential = kept[t, b] if keep else scratch
             if pool:
                 _fire(flat[t, b], scales, shifts, beta, threshold, membrane, potential, fired)
+                pooled = out_h * out_w
                 for o in range(out_channels):
-                    _pool(fired[o * size : (o + 1) * size].reshape((height, width)), spikes[t, b, o])
+                    _pool(fired[o * size : (o + 1) * size], height, width, flat_spikes[t, b, o * pooled : (o + 1) * pooled])
             else:
                 _fire(flat[t, b], scales, shifts, beta, threshold, membrane, potential, flat_spikes[t, b])
     return spikes
