@@ -54,7 +54,8 @@ def surrogate_constants(code: int, slope: float, dtype: np.dtype) -> np.ndarray:
 
 @njit(cache=True, error_model="numpy", fastmath=SUMS)
 def _surrogate(code, constants, potentials, threshold, out):
-    """``out = dS/dU`` at ``potentials - threshold`` (sqdr.models.neurons.surrogate_derivative), flat arrays."""
+    """``out = dS/dU`` at ``potentials - threshold``, flat arrays: the derivatives of ``snntorch.surrogate``'s
+    functions (``sigmoid`` as ``k s (1 - s)``, which does not overflow to NaN far below the threshold)."""
     a, b, one = constants[0], constants[1], constants[2]
     if code == ATAN:
         for i in range(out.size):
@@ -380,7 +381,7 @@ def current_gradients(grad_spikes, potentials, conv, mean, invstd, beta, thresho
     """Gradients of the neurons' input currents ``(T, B, O, H, W)``, and per-sample sums ``(B, O, 2)`` of them
     and of them times the normalised convolution ``(conv - mean[o]) * invstd[o]`` (batch norm's backward).
 
-    The neurons' recurrence runs backward through time as in :class:`sqdr.models.neurons.SpikingNeuronFunction`.
+    The neurons' recurrence runs backward through time as derived in :mod:`sqdr.models.neurons`.
     """
     steps, batch, out_channels, height, width = potentials.shape
     size = height * width
