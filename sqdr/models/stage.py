@@ -8,7 +8,6 @@ of the parameters and buffers, so checkpoints and the step-by-step reference enc
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import snntorch as snn
 import torch
@@ -30,23 +29,16 @@ def _tensor(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(array).to(like.dtype)
 
 
-def _use_torch_threads() -> None:
-    """Run numba's parallel loops on as many threads as PyTorch uses (one per worker in a parallel sweep)."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-
-
 class Conv3x3Function(torch.autograd.Function):
     """``conv2d(x, weight, padding=1)`` for frames ``(N, C, H, W)`` and a 3x3 kernel without bias."""
 
     @staticmethod
     def forward(ctx, x, weight):
-        _use_torch_threads()
         ctx.save_for_backward(x, weight)
         return torch.from_numpy(kernels.conv3x3(_numpy(x), _numpy(weight)))
 
     @staticmethod
     def backward(ctx, grad):
-        _use_torch_threads()
         x, weight = ctx.saved_tensors
         grad = _numpy(grad.to(x.dtype))
         weight_grad = _tensor(kernels.conv3x3_weight_gradients(grad, _numpy(x)).sum(0), weight)
@@ -90,7 +82,6 @@ class NormFirePoolFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, conv, gamma, bias, norm, beta, threshold, surrogate, slope, pool, save):
-        _use_torch_threads()
         c = _numpy(conv)
         batch_stats = norm.training or not norm.track_running_stats
         if batch_stats:
@@ -111,7 +102,6 @@ class NormFirePoolFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        _use_torch_threads()
         conv, potentials = ctx.saved_tensors
         mean, invstd, gain, batch_stats, beta, threshold, code, slope, pool = ctx.numbers
         c, u = _numpy(conv), potentials.numpy()

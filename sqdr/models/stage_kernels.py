@@ -26,6 +26,7 @@ import types
 
 import numba
 import numpy as np
+import torch
 from numba import njit, prange
 
 # numba's own thread pool: no second OpenMP runtime beside PyTorch's, and its idle threads sleep.
@@ -78,7 +79,8 @@ def _surrogate(code, constants, potentials, threshold, out):
 
 class Kernel:
     """A kernel compiled twice: with its ``prange`` loop spread over numba's threads, and as plain loops. A call
-    runs the threaded one when its largest array has at least ``PARALLEL_MIN_ELEMENTS`` elements."""
+    runs the threaded one, on as many threads as PyTorch uses, when its largest array has at least
+    ``PARALLEL_MIN_ELEMENTS`` elements."""
 
     def __init__(self, function) -> None:
         options = {"cache": True, "error_model": "numpy"}
@@ -91,8 +93,11 @@ class Kernel:
         functools.update_wrapper(self, function)
 
     def __call__(self, *args):
-        size = max(arg.size for arg in args if isinstance(arg, np.ndarray))
-        return (self.threaded if size >= PARALLEL_MIN_ELEMENTS else self.serial)(*args)
+        if max(arg.size for arg in args if isinstance(arg, np.ndarray)) < PARALLEL_MIN_ELEMENTS:
+            return self.serial(*args)
+        # as many threads as PyTorch uses (one per worker in a parallel sweep)
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        return self.threaded(*args)
 
 
 # The convolution works on frames padded with a border of zeros and flattened: in a padded frame of row length
