@@ -7,11 +7,15 @@ Outputs, the input gradient and every parameter gradient are compared against
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 
+import numba
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from sqdr.models import encoder as encoder_module
 from sqdr.models import stage_kernels
 from sqdr.models.coding import CODERS, direct_code, phase_code
 from sqdr.models.encoder import (
@@ -32,6 +36,14 @@ SURROGATES = ["atan", "fast_sigmoid", "sigmoid", "triangular", "straight_through
 def kernel_loops(request, monkeypatch) -> str:
     """Run the stage kernels on the calling thread or on numba's threads, whatever the size of their arrays."""
     monkeypatch.setattr(stage_kernels, "PARALLEL_MIN_ELEMENTS", 0 if request.param == "threaded" else 2**62)
+    return request.param
+
+
+@pytest.fixture(params=["kernel", "onednn"])
+def wide_convolutions(request, monkeypatch) -> str:
+    """Run the convolutions with ``NARROW`` or more input channels on the stage kernel or on oneDNN, whatever the
+    size of their inputs."""
+    monkeypatch.setattr(encoder_module, "SMALL", 2**62 if request.param == "kernel" else 0)
     return request.param
 
 
@@ -65,7 +77,7 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
 @pytest.mark.parametrize("coding", ["phase", "rate", "direct"])
 @pytest.mark.parametrize("neuron", ["if", "leaky"])
 @pytest.mark.parametrize("surrogate", ["atan", "fast_sigmoid", "sigmoid", "triangular"])
-def test_fast_encoder_matches_snntorch_reference_outputs_and_gradients(coding, neuron, surrogate):
+def test_fast_encoder_matches_snntorch_reference_outputs_and_gradients(coding, neuron, surrogate, wide_convolutions):
     torch.manual_seed(7)
     fast, reference = encoder_pair(neuron=neuron, beta=0.8, surrogate=surrogate, threshold=0.7, surrogate_slope=3.0)
     frames = CODERS[coding](torch.rand(5, 1, 8, 8, dtype=torch.float64), 10)
@@ -82,7 +94,7 @@ def test_fast_encoder_matches_snntorch_reference_outputs_and_gradients(coding, n
         assert grads[name].abs().sum() > 0, name
 
 
-def test_fast_encoder_matches_reference_in_eval_mode_and_keeps_running_statistics_equal():
+def test_fast_encoder_matches_reference_in_eval_mode_and_keeps_running_statistics_equal(wide_convolutions):
     torch.manual_seed(3)
     fast, reference = encoder_pair()
     frames = phase_code(torch.rand(4, 1, 8, 8, dtype=torch.float64), 10)
@@ -101,7 +113,7 @@ def test_fast_encoder_matches_reference_in_eval_mode_and_keeps_running_statistic
         assert_close(grads[name], ref_grads[name], name)
 
 
-def test_fast_encoder_in_float32_stays_close_to_reference():
+def test_fast_encoder_in_float32_stays_close_to_reference(wide_convolutions):
     torch.manual_seed(11)
     fast = SpikingEncoder(in_channels=1, out_features=27)
     reference = ReferenceSpikingEncoder(in_channels=1, out_features=27)
@@ -326,6 +338,16 @@ def test_fast_encoder_gives_the_same_bits_on_one_thread_and_on_numba_threads(mon
     assert 0 < rates.mean() < 1 and frame_grad.abs().sum() > 0
     assert torch.equal(rates, threaded_rates) and torch.equal(frame_grad, threaded_frame_grad)
     assert all(torch.equal(grads[name], threaded_grads[name]) for name in grads)
+
+
+def test_threaded_kernels_run_on_tbb_when_the_tbb_package_is_installed():
+    try:
+        importlib.metadata.version("tbb")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the tbb package is not installed (it ships for x86-64 Linux); kernels use numba's workqueue")
+    assert stage_kernels.TBB and stage_kernels.PARALLEL_MIN_ELEMENTS == stage_kernels.TBB_MIN_ELEMENTS
+    stage_kernels.channel_moments.threaded(np.ones((4, 2, 3, 3), np.float32))
+    assert numba.threading_layer() == "tbb"
 
 
 def test_fused_stage_saves_nothing_for_backward_without_gradients():

@@ -65,13 +65,20 @@ def batch_statistics(norm: nn.BatchNorm2d, conv: np.ndarray) -> tuple[np.ndarray
     mean = moments[:, 0] / count
     var = np.maximum(moments[:, 1] / count - mean * mean, 0.0)
     if norm.track_running_stats:
-        with torch.no_grad():
-            norm.num_batches_tracked.add_(1)
-            factor = 1.0 / norm.num_batches_tracked.item() if norm.momentum is None else norm.momentum
-            unbiased = var * count / max(count - 1, 1)
-            norm.running_mean.mul_(1 - factor).add_(torch.from_numpy(mean).to(norm.running_mean), alpha=factor)
-            norm.running_var.mul_(1 - factor).add_(torch.from_numpy(unbiased).to(norm.running_var), alpha=factor)
+        update_running_statistics(norm, mean, var * count / max(count - 1, 1))
     return mean, var
+
+
+def update_running_statistics(norm: nn.BatchNorm2d, mean: np.ndarray, unbiased_var: np.ndarray) -> None:
+    """``running = (1 - momentum) * running + momentum * batch`` for ``norm``'s mean and variance, and one more
+    batch tracked, in place on NumPy views of its buffers: each stage's update was a dozen small tensor operations."""
+    tracked = norm.num_batches_tracked.numpy()
+    tracked += 1
+    factor = 1.0 / tracked.item() if norm.momentum is None else norm.momentum
+    for buffer, batch in ((norm.running_mean, mean), (norm.running_var, unbiased_var)):
+        running = buffer.numpy()
+        running *= 1 - factor
+        running += (factor * batch).astype(running.dtype)
 
 
 class NormFirePoolFunction(torch.autograd.Function):
@@ -87,10 +94,10 @@ class NormFirePoolFunction(torch.autograd.Function):
         if batch_stats:
             mean, var = batch_statistics(norm, c.reshape(-1, *c.shape[2:]))
         else:
-            mean, var = norm.running_mean.double().numpy(), norm.running_var.double().numpy()
+            mean, var = norm.running_mean.numpy().astype(np.float64), norm.running_var.numpy().astype(np.float64)
         invstd = 1.0 / np.sqrt(var + norm.eps)
-        gain = gamma.detach().double().numpy() * invstd
-        shift = bias.detach().double().numpy() - mean * gain
+        gain = _numpy(gamma).astype(np.float64) * invstd
+        shift = _numpy(bias).astype(np.float64) - mean * gain
         dtype = c.dtype.type
         potentials = np.empty(c.shape if save else (0,) * 5, c.dtype)
         spikes = kernels.norm_fire_pool(

@@ -20,7 +20,9 @@ vectorising the loops.
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import importlib.metadata
 import math
 import types
 
@@ -29,14 +31,42 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-# numba's own thread pool: no second OpenMP runtime beside PyTorch's, and its idle threads sleep.
-numba.config.THREADING_LAYER = "workqueue"
+# The oldest TBB interface numba's layer accepts (TBB 2021.6).
+TBB_MIN_INTERFACE = 12060
 
-# A parallel launch on numba's thread pool costs tens of microseconds, and a training step makes a dozen of them:
-# below this many elements in its largest array a kernel runs its loops on the calling thread. Timed on 2 cores
-# against every kernel threaded, training steps of the paper model were faster at batches 16 to 64 (at 16, where
-# stage 1 has 250,880 elements, every kernel runs serial) and level at 128; a threshold 4x higher lost at 128.
-PARALLEL_MIN_ELEMENTS = 2**18
+
+def load_tbb() -> bool:
+    """Load the TBB library of the ``tbb`` package, if installed, so that numba's ``tbb`` threading layer finds it.
+
+    The package puts ``libtbb.so.12`` in the environment's ``lib`` directory, where the dynamic loader does not
+    look; once loaded by its path, numba's layer links to it by name.
+    """
+    try:
+        files = importlib.metadata.files("tbb") or []
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    for file in files:
+        if file.name == "libtbb.so.12":
+            try:
+                library = ctypes.CDLL(str(file.locate()), mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                return False
+            return library.TBB_runtime_interface_version() >= TBB_MIN_INTERFACE
+    return False
+
+
+# The threaded kernels run on TBB's thread pool: a launch costs a few microseconds there against about a hundred on
+# numba's own workqueue (whose idle threads sleep and must be woken), and no second OpenMP runtime joins PyTorch's.
+# Without TBB (it ships for x86-64 Linux), numba's workqueue.
+TBB = load_tbb()
+numba.config.THREADING_LAYER = "tbb" if TBB else "workqueue"
+
+# Below this many elements in its largest array a kernel runs its loops on the calling thread, where a launch on
+# the thread pool would cost more than the threads save: TBB_MIN_ELEMENTS on TBB; on the workqueue, which took
+# tens of microseconds per launch, every stage of a batch of 16 was faster serial.
+TBB_MIN_ELEMENTS = 2**13
+WORKQUEUE_MIN_ELEMENTS = 2**18
+PARALLEL_MIN_ELEMENTS = TBB_MIN_ELEMENTS if TBB else WORKQUEUE_MIN_ELEMENTS
 
 # Surrogate derivatives, by code (the order of sqdr.models.neurons.SURROGATES).
 ATAN, FAST_SIGMOID, SIGMOID, TRIANGULAR, STRAIGHT_THROUGH = range(5)
