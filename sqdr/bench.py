@@ -130,6 +130,8 @@ def _model(case: Case) -> torch.nn.Module:
 
 def workload(case: Case) -> Callable[[], None]:
     """A closure doing one timed step of ``case``."""
+    from sqdr.models import threads
+
     torch.manual_seed(0)
     if case.name in ("circuit", "noisy_circuit"):
         return _circuit_step(case)
@@ -138,8 +140,9 @@ def workload(case: Case) -> Callable[[], None]:
     if case.name == "encoder":
 
         def step() -> None:
-            model.zero_grad()
-            model.encode(images).sum().backward()
+            with threads.small_operations_serial():
+                model.zero_grad()
+                model.encode(images).sum().backward()
 
         return step
     if case.name == "inference":
@@ -153,10 +156,11 @@ def workload(case: Case) -> Callable[[], None]:
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     labels = torch.randint(0, 10, (case.batch,))
 
-    def step() -> None:
-        optimiser.zero_grad()
-        torch.nn.functional.cross_entropy(model(images), labels).backward()
-        optimiser.step()
+    def step() -> None:  # as SQDRModule's training step runs
+        with threads.small_operations_serial():
+            optimiser.zero_grad()
+            torch.nn.functional.cross_entropy(model(images), labels).backward()
+            optimiser.step()
 
     return step
 
@@ -296,15 +300,14 @@ def speedups(rows: list[dict]) -> dict[str, float]:
     return found
 
 
-def ratios(rounds: list[list[dict]]) -> list[str]:
+def ratios(rounds: list[list[dict]], combined: list[dict]) -> list[str]:
     """The speed-ups as lines: per pair the median over rounds of the ratio within each round (and each round's
-    ratio when there are several); the epoch's time as seconds."""
-    epochs = [combine(list(rows)) for rows in zip(*rounds) if rows[0]["name"] == "epoch"]
+    ratio when there are several); the epoch's time as seconds, from its ``combined`` row."""
     lines = [
         f"one training epoch of {row['samples_per_s'] * row['median_s']:,.0f} Fashion-MNIST images at "
         f"batch {row['batch']}: {row['median_s']:.1f} s, data loading included"
-        for row in epochs
-        if "samples_per_s" in row
+        for row in combined
+        if row["name"] == "epoch" and "samples_per_s" in row
     ]
     per_round = [speedups(rows) for rows in rounds]
     for pair in per_round[0]:
@@ -378,7 +381,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not args.json:
         print(" ".join(f"{k}={v}" for k, v in machine().items()) + f" rounds={args.rounds}")
         print(f"{'measurement':<44} {'q':>2} {'L':>2} {'batch':>5} {'samples/s':>12} {'peak MB':>9}")
-    rounds = []
+    rounds, combined = [], []
     for number in range(1, args.rounds + 1):
         rows = []
         for index, case in enumerate(cases):
@@ -386,11 +389,11 @@ def main(argv: Optional[list[str]] = None) -> None:
             if number < args.rounds:
                 print(f"round {number}/{args.rounds}: {table_line(rows[-1])}", file=sys.stderr, flush=True)
             else:  # the last round prints each case's median over all rounds
-                row = combine([measured[index] for measured in rounds] + [rows[-1]])
-                print(json.dumps(row) if args.json else table_line(row), flush=True)
+                combined.append(combine([measured[index] for measured in rounds] + [rows[-1]]))
+                print(json.dumps(combined[-1]) if args.json else table_line(combined[-1]), flush=True)
         rounds.append(rows)
     if not args.json:
-        for line in ratios(rounds):
+        for line in ratios(rounds, combined):
             print(line)
 
 

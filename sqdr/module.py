@@ -17,7 +17,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from sqdr.certify import Certification, CertifyEngine
-from sqdr.models import SQDRCNN
+from sqdr.models import SQDRCNN, threads
 from sqdr.runs import find_checkpoint, read_checkpoint
 
 RECORDED_PACKAGES = ("sqdr", "torch", "lightning", "snntorch", "pennylane", "pennylane_lightning", "torchmetrics")
@@ -264,6 +264,12 @@ class SQDRModule(L.LightningModule):
         return {"probabilities": probabilities, "predictions": probabilities.argmax(1)}
 
     # -- optimisation ------------------------------------------------------------------------------
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """Lightning's step (its closure runs ``training_step`` and the backward pass) with PyTorch's small operations
+        on one thread and the threads given to the heavy ones (:mod:`sqdr.models.threads`)."""
+        with threads.small_operations_serial():
+            super().optimizer_step(*args, **kwargs)
+
     def configure_optimizers(self):
         hp = self.hparams
         circuit = self.net.quantum_circuit

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import ClassVar, Literal
 
 import snntorch as snn
 import torch
@@ -19,7 +20,7 @@ from snntorch import surrogate as snn_surrogate
 from torch import nn
 
 from sqdr.models.neurons import spiking_neurons
-from sqdr.models.stage import conv3x3, norm_fire_pool
+from sqdr.models.stage import conv3x3, norm_fire_pool, onednn_convolution
 
 Convolution = Literal["full", "separable"]
 Neuron = Literal["if", "leaky"]
@@ -49,7 +50,7 @@ class SpikeFunction:
     small callable applies the same ``torch.autograd.Function`` classes and pickles cleanly.
     """
 
-    FUNCTIONS = {
+    FUNCTIONS: ClassVar[dict[str, type[torch.autograd.Function]]] = {
         "atan": snn_surrogate.ATan,
         "fast_sigmoid": snn_surrogate.FastSigmoid,
         "sigmoid": snn_surrogate.Sigmoid,
@@ -210,7 +211,7 @@ class SpikingEncoder(nn.Module):
     def _stage(x: torch.Tensor, steps: int, conv: nn.Conv2d, norm: nn.BatchNorm2d, neuron: snn.Leaky, pool: bool):
         """One stage on frames ``(T * B, C, H, W)``: two autograd nodes, the convolution and the rest."""
         kernel = isinstance(conv, nn.Conv2d) and (conv.in_channels < NARROW or x.numel() < SMALL)
-        currents = conv3x3(x, conv.weight) if kernel else conv(x)
+        currents = conv3x3(x, conv.weight) if kernel else onednn_convolution(conv, x)
         spikes = norm_fire_pool(currents.view(steps, -1, *currents.shape[1:]), norm, neuron, pool)
         return spikes.flatten(0, 1)
 

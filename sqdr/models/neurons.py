@@ -44,7 +44,7 @@ class SpikingNeuronFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, currents: torch.Tensor, beta: float, threshold: float, surrogate: str, slope: float):
-        flat = currents.detach().contiguous().numpy().reshape(len(currents), 1, 1, 1, -1)
+        flat = kernels.array(currents).reshape(len(currents), 1, 1, 1, -1)
         dtype = flat.dtype.type
         potentials = np.empty_like(flat)
         spikes = kernels.norm_fire_pool(
@@ -60,10 +60,10 @@ class SpikingNeuronFunction(torch.autograd.Function):
         beta, threshold, code, slope = ctx.params
         u = potentials.numpy()
         dtype = u.dtype.type
-        no_norm = np.zeros(1, u.dtype), np.ones(1, u.dtype)  # mean 0 and 1 / std 1: the norm sums go unused
+        no_norm = np.zeros(1, u.dtype), np.ones(1, u.dtype)  # mean 0 and 1 / std 1, unread without norm sums
         grads, _ = kernels.current_gradients(
-            spike_grad.to(potentials.dtype).contiguous().numpy().reshape(u.shape), u, u, *no_norm,
-            dtype(beta), dtype(threshold), code, kernels.surrogate_constants(code, slope, u.dtype), False,
+            kernels.array(spike_grad.to(potentials.dtype)).reshape(u.shape), u, u, *no_norm,
+            dtype(beta), dtype(threshold), code, kernels.surrogate_constants(code, slope, u.dtype), False, False,
         )
         return torch.from_numpy(grads).view(spike_grad.shape), None, None, None, None
 

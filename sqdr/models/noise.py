@@ -13,8 +13,9 @@ repeated there (for the ``paper`` preset: bit flip and depolarizing, as publishe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Union
+from typing import Any
 
 # Order in which channels are applied; engines must follow it.
 CHANNEL_ORDER = ("bit_flip", "phase_flip", "depolarizing", "amplitude_damping", "phase_damping")
@@ -23,7 +24,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"bit_flip": 0.02, "depolarizing": 0.03, "amplitude_damping": "feature"},
 }
 
-NoiseSpec = Union[None, str, Mapping[str, Any]]
+NoiseSpec = None | str | Mapping[str, Any]
 
 
 @dataclass(frozen=True)

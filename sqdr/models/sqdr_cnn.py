@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from jsonargparse.typing import PositiveInt  # sizes are checked where configs are parsed, before anything is built

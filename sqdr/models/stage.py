@@ -1,5 +1,5 @@
-"""An encoder stage's two autograd nodes: a narrow 3x3 convolution, and batch norm -> spiking neurons over all
-T steps -> 2x2 max pool.
+"""An encoder stage's two autograd nodes: the convolution (a narrow 3x3 one by a kernel here, a wide one by oneDNN),
+and batch norm -> spiking neurons over all T steps -> 2x2 max pool.
 
 Both compute what PyTorch's modules and snnTorch stepped through time compute (batch-norm statistics and their
 running averages included), with the kernels of :mod:`sqdr.models.stage_kernels`. The modules stay the owners
@@ -11,18 +11,16 @@ from __future__ import annotations
 import numpy as np
 import snntorch as snn
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sqdr.models import stage_kernels as kernels
+from sqdr.models import threads
 from sqdr.models.memory import retain_freed_memory
 from sqdr.models.neurons import SURROGATES, checked_dynamics
 
 # The stages' large intermediates are allocated and freed at every step (see sqdr.models.memory).
 retain_freed_memory()
-
-
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().contiguous().numpy()
 
 
 def _tensor(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -35,18 +33,18 @@ class Conv3x3Function(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight):
         ctx.save_for_backward(x, weight)
-        return torch.from_numpy(kernels.conv3x3(_numpy(x), _numpy(weight)))
+        return torch.from_numpy(kernels.conv3x3(kernels.array(x), kernels.array(weight)))
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        grad = _numpy(grad.to(x.dtype))
-        weight_grad = _tensor(kernels.conv3x3_weight_gradients(grad, _numpy(x)).sum(0), weight)
+        grad = kernels.array(grad.to(x.dtype))
+        weight_grad = _tensor(kernels.conv3x3_weight_gradients(grad, kernels.array(x)).sum(0), weight)
         if not ctx.needs_input_grad[0]:
             return None, weight_grad
         # the input gradient of a 3x3 convolution with padding 1 is the same convolution of the output gradient
         # with the kernel flipped in both directions and its input and output channels swapped
-        flipped = _numpy(weight.flip(2, 3).transpose(0, 1).to(x.dtype))
+        flipped = kernels.array(weight.flip(2, 3).transpose(0, 1).to(x.dtype))
         return torch.from_numpy(kernels.conv3x3(grad, flipped)), weight_grad
 
 
@@ -55,6 +53,21 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if weight.shape[-2:] != (3, 3):
         raise ValueError(f"conv3x3 takes 3x3 kernels, got {tuple(weight.shape[-2:])}.")
     return Conv3x3Function.apply(x, weight)
+
+
+def onednn_convolution(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` by oneDNN for a bias-free encoder convolution (an ``nn.Conv2d`` or a sequence of them, such as
+    :class:`~sqdr.models.encoder.SeparableConv2d`), forward and backward on :func:`sqdr.models.threads.budget`'s
+    threads: in a training step PyTorch's own operations run on one thread, and a wide stage's convolution is the
+    one among them with work to share."""
+    layers = list(conv) if isinstance(conv, nn.Sequential) else [conv]
+
+    def convolve(frames: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
+        for layer, weight in zip(layers, weights):
+            frames = F.conv2d(frames, weight, padding=layer.padding, groups=layer.groups)
+        return frames
+
+    return threads.run_parallel(convolve, x, *(layer.weight for layer in layers))
 
 
 def batch_statistics(norm: nn.BatchNorm2d, conv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -89,15 +102,15 @@ class NormFirePoolFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, conv, gamma, bias, norm, beta, threshold, surrogate, slope, pool, save):
-        c = _numpy(conv)
+        c = kernels.array(conv)
         batch_stats = norm.training or not norm.track_running_stats
         if batch_stats:
             mean, var = batch_statistics(norm, c.reshape(-1, *c.shape[2:]))
         else:
             mean, var = norm.running_mean.numpy().astype(np.float64), norm.running_var.numpy().astype(np.float64)
         invstd = 1.0 / np.sqrt(var + norm.eps)
-        gain = _numpy(gamma).astype(np.float64) * invstd
-        shift = _numpy(bias).astype(np.float64) - mean * gain
+        gain = kernels.array(gamma).astype(np.float64) * invstd
+        shift = kernels.array(bias).astype(np.float64) - mean * gain
         dtype = c.dtype.type
         potentials = np.empty(c.shape if save else (0,) * 5, c.dtype)
         spikes = kernels.norm_fire_pool(
@@ -111,12 +124,12 @@ class NormFirePoolFunction(torch.autograd.Function):
     def backward(ctx, grad_spikes):
         conv, potentials = ctx.saved_tensors
         mean, invstd, gain, batch_stats, beta, threshold, code, slope, pool = ctx.numbers
-        c, u = _numpy(conv), potentials.numpy()
+        c, u = kernels.array(conv), potentials.numpy()
         dtype = c.dtype.type
         typed_mean, typed_invstd = mean.astype(dtype), invstd.astype(dtype)  # the kernels work in the data's type
         current_grads, sums = kernels.current_gradients(
-            _numpy(grad_spikes.to(conv.dtype)), u, c, typed_mean, typed_invstd,
-            dtype(beta), dtype(threshold), code, kernels.surrogate_constants(code, slope, c.dtype), pool,
+            kernels.array(grad_spikes.to(conv.dtype)), u, c, typed_mean, typed_invstd,
+            dtype(beta), dtype(threshold), code, kernels.surrogate_constants(code, slope, c.dtype), pool, True,
         )
         grad_bias, grad_gamma = sums.sum(0).T
         count = u.shape[0] * u.shape[1] * u.shape[3] * u.shape[4]

@@ -25,11 +25,16 @@ import functools
 import importlib.metadata
 import math
 import types
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
-import torch
 from numba import njit, prange
+
+from sqdr.models import threads
+
+if TYPE_CHECKING:
+    import torch
 
 # The oldest TBB interface numba's layer accepts (TBB 2021.6).
 TBB_MIN_INTERFACE = 12060
@@ -68,6 +73,11 @@ numba.config.THREADING_LAYER = "tbb" if TBB else "workqueue"
 TBB_MIN_ELEMENTS = 2**13
 WORKQUEUE_MIN_ELEMENTS = 2**18
 PARALLEL_MIN_ELEMENTS = TBB_MIN_ELEMENTS if TBB else WORKQUEUE_MIN_ELEMENTS
+
+def array(tensor: torch.Tensor) -> np.ndarray:
+    """The NumPy array of ``tensor``'s values the kernels take: a view when it is contiguous, else a copy."""
+    return tensor.detach().contiguous().numpy()
+
 
 # Surrogate derivatives, by code (the order of sqdr.models.neurons.SURROGATES).
 ATAN, FAST_SIGMOID, SIGMOID, TRIANGULAR, STRAIGHT_THROUGH = range(5)
@@ -111,7 +121,10 @@ def _surrogate(code, constants, potentials, threshold, out):
 class Kernel:
     """A kernel compiled twice: with its ``prange`` loop spread over numba's threads, and as plain loops. A call
     runs the threaded one, on as many threads as PyTorch uses, when its largest array has at least
-    ``PARALLEL_MIN_ELEMENTS`` elements."""
+    ``PARALLEL_MIN_ELEMENTS`` elements.
+
+    The threads are :func:`sqdr.models.threads.budget`'s: as many as PyTorch uses, or had when a training step
+    put its small operations on one thread."""
 
     def __init__(self, function) -> None:
         options = {"cache": True, "error_model": "numpy"}
@@ -126,8 +139,8 @@ class Kernel:
     def __call__(self, *args):
         if max(arg.size for arg in args if isinstance(arg, np.ndarray)) < PARALLEL_MIN_ELEMENTS:
             return self.serial(*args)
-        # as many threads as PyTorch uses (one per worker in a parallel sweep)
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        # one per worker in a parallel sweep
+        numba.set_num_threads(max(1, min(threads.budget(), numba.config.NUMBA_NUM_THREADS)))
         return self.threaded(*args)
 
 
@@ -413,9 +426,10 @@ def norm_fire_pool(conv, scale, shift, beta, threshold, pool, potentials):
 
 
 @Kernel
-def current_gradients(grad_spikes, potentials, conv, mean, invstd, beta, threshold, code, constants, pool):
-    """Gradients of the neurons' input currents ``(T, B, O, H, W)``, and per-sample sums ``(B, O, 2)`` of them
-    and of them times the normalised convolution ``(conv - mean[o]) * invstd[o]`` (batch norm's backward).
+def current_gradients(grad_spikes, potentials, conv, mean, invstd, beta, threshold, code, constants, pool, norm_sums):
+    """Gradients of the neurons' input currents ``(T, B, O, H, W)``, and with ``norm_sums`` per-sample sums
+    ``(B, O, 2)`` of them and of them times the normalised convolution ``(conv - mean[o]) * invstd[o]`` (batch norm's
+    backward; zeros without).
 
     The neurons' recurrence runs backward through time as derived in :mod:`sqdr.models.neurons`.
     """
@@ -444,6 +458,8 @@ def current_gradients(grad_spikes, potentials, conv, mean, invstd, beta, thresho
             _surrogate(code, constants, u, threshold, derivative)
             later = flat_grads[t + 1, b] if t + 1 < steps else zeros
             _neuron_grad(spike_grad, derivative, u, beta, threshold, later, flat_grads[t, b])
+            if not norm_sums:
+                continue
             for o in range(out_channels):
                 channel = slice(o * size, (o + 1) * size)
                 total, weighted = _gradient_sums(flat_grads[t, b, channel], flat_conv[t, b, channel], mean[o], invstd[o])

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import torch
 
+from sqdr.models import threads
 from sqdr.models.noise import NoiseModel
 from sqdr.models.spec import CircuitSpec
 
@@ -357,6 +358,14 @@ class FusedEngine:
             reduced.append(torch.einsum("bxiyxjy->bij", view))
         return torch.stack(reduced, 1)
 
+    def _evolved_marginals(self, *maps: torch.Tensor) -> torch.Tensor:
+        """Single-qubit density matrices ``(B, n, 2, 2)`` after the blocks ``maps`` (all but the last), an entangler
+        layer after each, by evolving the full state vector or density matrix."""
+        state = self._product_state(maps[0])
+        for block_map in maps[1:]:
+            state = self._apply_local(self._entangle(state), block_map)
+        return self._reduced_density_matrices(self._entangle(state))
+
     def _heisenberg(self, last: torch.Tensor) -> torch.Tensor:
         """``Φ_i†(P)`` for every Pauli ``P`` of the readout and the last per-qubit maps: ``(B, k, n, 2, 2)``."""
         paulis = torch.tensor([PAULIS[name] for name in self.spec.paulis], dtype=last.dtype, device=last.device)
@@ -380,11 +389,8 @@ class FusedEngine:
             reduced = zero.expand(*maps[0].shape[:2], 2, 2)
         elif len(maps) == 2:
             reduced = self._entangled_product_marginals(maps[0])
-        else:
-            state = self._product_state(maps[0])
-            for block_map in maps[1:-1]:
-                state = self._apply_local(self._entangle(state), block_map)
-            reduced = self._reduced_density_matrices(self._entangle(state))
+        else:  # the circuit's heavy work: on all the threads a training step has (sqdr.models.threads)
+            reduced = threads.run_parallel(self._evolved_marginals, *maps[:-1])
         observables = self._heisenberg(maps[-1])
         expectations = torch.einsum("bkncr,bnrc->bkn", observables, reduced).real.flatten(1)
         return self._sample_shots(expectations) if self.shots else expectations
