@@ -90,5 +90,4 @@ class _ParallelGraph(torch.autograd.Function):
         wanted = [leaf for leaf in leaves if leaf.requires_grad]
         with parallel():
             grads = iter(torch.autograd.grad(output, wanted, grad, allow_unused=True))
-        del ctx.graph
         return None, *(next(grads) if leaf.requires_grad else None for leaf in leaves)
