@@ -266,7 +266,8 @@ class SQDRModule(L.LightningModule):
     # -- optimisation ------------------------------------------------------------------------------
     def optimizer_step(self, *args, **kwargs) -> None:
         """Lightning's step (its closure runs ``training_step`` and the backward pass) with PyTorch's small operations
-        on one thread and the threads given to the heavy ones (:mod:`sqdr.models.threads`)."""
+        on one thread and the threads given to the heavy ones (:mod:`sqdr.models.threads`). With gradient
+        accumulation, the batches between two steps run their closures outside it, on PyTorch's threads as set."""
         with threads.small_operations_serial():
             super().optimizer_step(*args, **kwargs)
 
