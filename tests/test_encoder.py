@@ -42,8 +42,9 @@ def kernel_loops(request, monkeypatch) -> str:
 @pytest.fixture(params=["kernel", "onednn"])
 def wide_convolutions(request, monkeypatch) -> str:
     """Run the convolutions with ``NARROW`` or more input channels on the stage kernel or on oneDNN, whatever the
-    size of their inputs."""
-    monkeypatch.setattr(encoder_module, "SMALL", 2**62 if request.param == "kernel" else 0)
+    size of their inputs and their number of channel pairs."""
+    for name in ("SMALL", "FEW_PAIRS"):
+        monkeypatch.setattr(encoder_module, name, 2**62 if request.param == "kernel" else 0)
     return request.param
 
 

@@ -28,11 +28,13 @@ Projection = Literal["linear", "spatial"]
 ProjectNorm = Literal["none", "bn", "bn_affine"]
 Surrogate = Literal["atan", "fast_sigmoid", "sigmoid", "triangular", "straight_through"]
 
-# Convolutions with fewer input channels than this, or with inputs smaller than SMALL (elements), run on
-# sqdr.models.stage's kernel, the others on oneDNN: measured on 2 cores, oneDNN was faster on the paper encoder's
-# 4 -> 8 stage at batch 128 (250,880 input elements) and slower at batch 16 (31,360), where its fixed costs per
-# call dominate.
+# Which convolutions run on sqdr.models.stage's kernel rather than oneDNN, as training steps measured on 2 cores
+# chose: those with fewer than NARROW input channels; those with at most FEW_PAIRS (input, output) channel pairs
+# (the paper encoder's 4 -> 8 stage and the 1k model's 4 -> 8 and 8 -> 3 trained faster on the kernel at batch 64
+# and 128); and those with inputs under SMALL elements, where oneDNN's fixed costs per call dominate. Wider
+# convolutions on large inputs (a CIFAR-shaped encoder's 6 -> 12 and 12 -> 24 at batch 128) ran faster on oneDNN.
 NARROW = 4
+FEW_PAIRS = 32
 SMALL = 2**16
 
 # Samples per chunk when a large batch is encoded in evaluation mode (measured in CPU time per image at batch 1,024:
@@ -141,8 +143,9 @@ class SpikingEncoder(nn.Module):
     the rates are exactly 0), so the circuit would start from a nearly constant input.
 
     Each stage is two autograd nodes (:mod:`sqdr.models.stage`): the convolution, on all time steps folded into
-    the batch (a numba kernel below ``NARROW`` input channels or ``SMALL`` input elements, oneDNN otherwise,
-    whichever was measured faster), and batch norm, the neurons over all T steps and the max pool as one kernel.
+    the batch (a numba kernel below ``NARROW`` input channels, up to ``FEW_PAIRS`` channel pairs or below ``SMALL``
+    input elements, oneDNN otherwise, whichever was measured faster), and batch norm, the neurons over all T steps
+    and the max pool as one kernel.
 
     ``convolution``: ``full`` 3x3 convolutions, or ``separable`` ones after the first stage
     (:class:`SeparableConv2d`), which cost about a ninth of the weights at the same width.
@@ -210,7 +213,9 @@ class SpikingEncoder(nn.Module):
     @staticmethod
     def _stage(x: torch.Tensor, steps: int, conv: nn.Conv2d, norm: nn.BatchNorm2d, neuron: snn.Leaky, pool: bool):
         """One stage on frames ``(T * B, C, H, W)``: two autograd nodes, the convolution and the rest."""
-        kernel = isinstance(conv, nn.Conv2d) and (conv.in_channels < NARROW or x.numel() < SMALL)
+        kernel = isinstance(conv, nn.Conv2d) and (
+            conv.in_channels < NARROW or conv.in_channels * conv.out_channels <= FEW_PAIRS or x.numel() < SMALL
+        )
         currents = conv3x3(x, conv.weight) if kernel else onednn_convolution(conv, x)
         spikes = norm_fire_pool(currents.view(steps, -1, *currents.shape[1:]), norm, neuron, pool)
         return spikes.flatten(0, 1)
