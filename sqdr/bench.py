@@ -18,8 +18,9 @@ import statistics
 import subprocess
 import sys
 from argparse import ArgumentError
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, Literal, Optional
+from typing import Literal
 
 import torch
 from jsonargparse import ArgumentParser
@@ -39,8 +40,8 @@ class Case:
     n_qubits: int = 9
     n_blocks: int = 2
     batch: int = 128
-    encoder: Optional[str] = None  # "fast" (SpikingEncoder) or "reference" (snnTorch stepped); None: no encoder
-    noise: Optional[str] = None  # a noise preset, e.g. "paper"
+    encoder: str | None = None  # "fast" (SpikingEncoder) or "reference" (snnTorch stepped); None: no encoder
+    noise: str | None = None  # a noise preset, e.g. "paper"
     layer: str = "sqdr"  # "sqdr", or "torchlayer": a plain QNode through qml.qnn.TorchLayer (lightning only)
 
 
@@ -281,12 +282,12 @@ def speedups(rows: list[dict]) -> dict[str, float]:
     """Side-by-side speed-ups within one round: fast vs reference encoder, sqdr vs TorchLayer, fused vs PennyLane."""
     done = [r for r in rows if "samples_per_s" in r]
 
-    def find(**fields) -> Optional[dict]:
+    def find(**fields) -> dict | None:
         return next((r for r in done if all(r.get(k) == v for k, v in fields.items())), None)
 
     found = {}
     for r in done:
-        key = dict(name=r["name"], n_qubits=r["n_qubits"], n_blocks=r["n_blocks"], batch=r["batch"], noise=r["noise"])
+        key = {field: r[field] for field in ("name", "n_qubits", "n_blocks", "batch", "noise")}
         if r.get("encoder") == "reference" and (fast := find(**key, encoder="fast", engine=r["engine"])):
             found[f"{r['name']} batch {r['batch']}: fast encoder vs the snnTorch reference"] = (
                 fast["samples_per_s"] / r["samples_per_s"]
@@ -336,7 +337,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object per measurement and line")
     parser.add_argument(
         "--only",
-        type=Optional[list[str]],
+        type=list[str] | None,
         default=None,
         help=f"measurement names to run, e.g. '[train_step, inference]' (default: all of {list(NAMES)})",
     )
@@ -355,11 +356,11 @@ def build_parser() -> ArgumentParser:
         "(3 steadies the ratios on a shared machine, at three times the run time)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per measurement process")
-    parser.add_argument("--one", type=Optional[str], default=None, help="measure one case (JSON) in this process")
+    parser.add_argument("--one", type=str | None, default=None, help="measure one case (JSON) in this process")
     return parser
 
 
-def select(cases: list[Case], only: Optional[list[str]]) -> list[Case]:
+def select(cases: list[Case], only: list[str] | None) -> list[Case]:
     if not only:
         return cases
     unknown = sorted(set(only) - set(NAMES))
@@ -368,7 +369,7 @@ def select(cases: list[Case], only: Optional[list[str]]) -> list[Case]:
     return [c for c in cases if c.name in only]
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """``sqdr bench``: run the measurements, print a table (or JSON lines) and the side-by-side ratios."""
     try:
         args = build_parser().parse_args(argv)
