@@ -1,4 +1,4 @@
-"""An encoder stage's two autograd nodes: the convolution (a narrow 3x3 one by a kernel here, a wide one by oneDNN),
+"""An encoder stage's two autograd nodes: the convolution (a small 3x3 one by a kernel here, a wide one by oneDNN),
 and batch norm -> spiking neurons over all T steps -> 2x2 max pool.
 
 Both compute what PyTorch's modules and snnTorch stepped through time compute (batch-norm statistics and their

@@ -74,6 +74,7 @@ TBB_MIN_ELEMENTS = 2**13
 WORKQUEUE_MIN_ELEMENTS = 2**18
 PARALLEL_MIN_ELEMENTS = TBB_MIN_ELEMENTS if TBB else WORKQUEUE_MIN_ELEMENTS
 
+
 def array(tensor: torch.Tensor) -> np.ndarray:
     """The NumPy array of ``tensor``'s values the kernels take: a view when it is contiguous, else a copy."""
     return tensor.detach().contiguous().numpy()
@@ -120,11 +121,9 @@ def _surrogate(code, constants, potentials, threshold, out):
 
 class Kernel:
     """A kernel compiled twice: with its ``prange`` loop spread over numba's threads, and as plain loops. A call
-    runs the threaded one, on as many threads as PyTorch uses, when its largest array has at least
-    ``PARALLEL_MIN_ELEMENTS`` elements.
-
-    The threads are :func:`sqdr.models.threads.budget`'s: as many as PyTorch uses, or had when a training step
-    put its small operations on one thread."""
+    runs the threaded one when its largest array has at least ``PARALLEL_MIN_ELEMENTS`` elements, on
+    :func:`sqdr.models.threads.budget`'s threads: as many as PyTorch uses, or had when a training step put its small
+    operations on one thread."""
 
     def __init__(self, function) -> None:
         options = {"cache": True, "error_model": "numpy"}

@@ -8,9 +8,9 @@ thread, and a training step of the paper model at batch 16 has a dozen of them.
 
 Within :func:`small_operations_serial` PyTorch runs on one thread, and the work that has enough to share takes
 the threads PyTorch had (:func:`budget`): the encoder's numba kernels, and through :func:`run_parallel` oneDNN's
-convolutions of wide stages and the circuit's state vectors and density matrices of more than two blocks. Training steps run in it (``SQDRModule`` and
-``sqdr bench``): measured on 2 cores, steps were as fast or faster in it for every batch size and model tried,
-most of all at small batches.
+convolutions of wide stages and the circuit's state vectors and density matrices of more than two blocks.
+Training steps run in it (``SQDRModule`` and ``sqdr bench``): measured on 2 cores, steps were as fast or faster in
+it for every batch size and model tried, most of all at small batches.
 """
 
 from __future__ import annotations
