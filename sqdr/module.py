@@ -17,6 +17,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from sqdr.certify import Certification, CertifyEngine
+from sqdr.errors import UserError
 from sqdr.models import SQDRCNN, threads
 from sqdr.runs import find_checkpoint, read_checkpoint
 
@@ -83,7 +84,8 @@ class SQDRModule(L.LightningModule):
             init_args: {T_max: 15}}``.
         scheduler_interval: ``epoch`` steps the scheduler once per epoch, ``step`` after every optimiser step
             (what schedules counted in steps need, e.g. ``torch.optim.lr_scheduler.OneCycleLR`` with ``max_lr``
-            ``[lr, circuit_lr]`` and ``total_steps`` = batches per epoch x ``max_epochs``).
+            ``[lr, circuit_lr]``). A ``total_steps`` left out is the run's length (optimiser steps, or epochs
+            for ``epoch``), as the trainer estimates it.
         certify_engine: engine that re-scores the trained model on the test set: ``auto`` picks
             ``lightning`` (or ``default.mixed`` for a noisy model); ``none`` turns certification off.
         certify_samples: how many test samples to certify (the first N, or ``all``); ``auto`` takes 128 on a
@@ -92,6 +94,9 @@ class SQDRModule(L.LightningModule):
         freeze_encoder: keep the encoder's weights and batch-norm statistics fixed and train only what follows
             it: the two-stage training of earlier spiking-quantum networks (SQNN), where the circuit learns on
             the features of a pretrained encoder. Frozen parameters are not counted in ``params/*``.
+        freeze_circuit: keep the circuit's angles at their random initial values and train everything else: does
+            training the circuit matter, or would any fixed random circuit do as well? Refused for a network
+            without a circuit. Frozen angles are not counted in ``params/*``.
         encoder_from: a checkpoint (.ckpt, run directory or experiment directory) whose ``net.encoder`` weights
             initialise this encoder when a new fit starts (a resumed fit keeps its own), e.g. the run of the
             same spiking encoder trained with a classical layer.
@@ -109,6 +114,7 @@ class SQDRModule(L.LightningModule):
         certify_engine: CertifyEngine = "auto",
         certify_samples: int | Literal["auto", "all"] = "auto",
         freeze_encoder: bool = False,
+        freeze_circuit: bool = False,
         encoder_from: str | None = None,
     ) -> None:
         super().__init__()
@@ -139,6 +145,10 @@ class SQDRModule(L.LightningModule):
         self._epoch_metrics_logged = False
         if freeze_encoder:
             net.encoder.requires_grad_(False)
+        if freeze_circuit:
+            if circuit is None:
+                raise ValueError("freeze_circuit needs a quantum circuit, but this network has a classical map.")
+            circuit.requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -285,5 +295,33 @@ class SQDRModule(L.LightningModule):
         )
         if self.scheduler is None:
             return optimizer
-        schedule = {"scheduler": self.scheduler(optimizer), "interval": hp.scheduler_interval}
-        return {"optimizer": optimizer, "lr_scheduler": schedule}
+        scheduler = self.scheduler(optimizer, **self._schedule_length())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": hp.scheduler_interval}}
+
+    def _schedule_length(self) -> dict[str, int]:
+        """``total_steps`` for a schedule that takes one (``OneCycleLR``) and was given neither it nor ``epochs``:
+        the run's own length, so the schedule ends with the run whatever the data set, its size, the batch, the
+        epochs or gradient accumulation. A length given explicitly is kept, and refused before any training if the
+        run is longer (the schedule would fail at its last step, after hours of training)."""
+        options = getattr(self.scheduler, "keywords", {})
+        if "total_steps" not in options or options.get("epochs") is not None:
+            return {}
+        steps = (
+            self.trainer.estimated_stepping_batches if self.hparams.scheduler_interval == "step"
+            else self.trainer.max_epochs
+        )
+        if not (isinstance(steps, (int, float)) and math.isfinite(steps) and steps > 0):
+            raise UserError(
+                "the learning-rate schedule takes its length from the run, but the run has no fixed length "
+                "(max_epochs -1 or max_steps unset); set trainer.max_epochs or the scheduler's total_steps."
+            )
+        given = options["total_steps"]
+        if given is None:
+            return {"total_steps": int(steps)}
+        if given < steps:
+            raise UserError(
+                f"model.scheduler.init_args.total_steps is {given}, but the run takes {int(steps)} "
+                f"{'optimiser steps' if self.hparams.scheduler_interval == 'step' else 'epochs'}; leave total_steps "
+                "out and it follows the run."
+            )
+        return {}

@@ -56,23 +56,65 @@ def test_best_1k_config_trains_through_the_cli_with_977_parameters(tmp_path, cap
     assert "test accuracy:" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["fashion_mnist_best_1k", "fashion_mnist_best_5k"])
-def test_best_configs_one_cycle_spans_exactly_their_training_steps(name):
-    """OneCycleLR is stepped per batch and fails past total_steps: it must equal batches per epoch x epochs of the
-    split the config asks for (Fashion-MNIST: 60,000 training images, val_fraction of them held out)."""
+# A small synthetic data set in place of Fashion-MNIST (28x28, one channel) keeps each fit to seconds; the
+# overrides change each thing the schedule's length depends on.
+SCHEDULE_RUNS = {
+    "as shipped": [],
+    "another data set": ["--data", "sqdr.data.DigitsDataModule", "--data.init_args.batch_size", "64"],
+    "fewer images": ["--data.init_args.n_train", "300"],
+    "another batch": ["--data.init_args.batch_size", "48"],
+    "more epochs": ["--trainer.max_epochs", "3"],
+    "gradient accumulation": ["--trainer.accumulate_grad_batches", "2"],
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "change"),
+    [("fashion_mnist_best_1k", change) for change in SCHEDULE_RUNS] + [("fashion_mnist_best_5k", "as shipped")],
+)
+def test_one_cycle_schedule_ends_with_the_run(name, change, tmp_path):
+    """OneCycleLR fails past its total_steps and leaves the learning rate high if it stops short: whatever the data
+    set, its size, the batch, the epochs or the accumulation, its last step is the run's last optimiser step and
+    the last step applies the schedule's floor, max_lr / (div_factor * final_div_factor)."""
+    from lightning.pytorch.callbacks import Callback
+
     from sqdr.cli import make_cli
 
-    cli = make_cli(["--config", str(REPO / f"conf/experiments/{name}.yaml"), "--runs_dir", "unused"], run=False)
-    data = cli.datamodule.hparams
-    train_images = 60_000 - round(data.val_fraction * 60_000)
-    assert train_images == 55_000
-    optimizers = cli.model.configure_optimizers()
-    schedule = optimizers["lr_scheduler"]
-    assert schedule["interval"] == "step"
-    assert schedule["scheduler"].total_steps == math.ceil(train_images / data.batch_size) * cli.trainer.max_epochs
-    # Each group peaks at its own learning rate, lr or circuit_lr (OneCycleLR starts at max_lr / 25).
-    peaks = [group["lr"] * 25 for group in optimizers["optimizer"].param_groups]
-    assert peaks == pytest.approx([cli.model.hparams.lr, cli.model.hparams.circuit_lr])
+    class LastSchedule(Callback):
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            self.rates = [group["lr"] for group in optimizer.param_groups]  # the rates this step applies
+
+        def on_train_end(self, trainer, module):
+            scheduler = trainer.lr_scheduler_configs[0].scheduler
+            self.steps = (scheduler.last_epoch, scheduler.total_steps, trainer.global_step)
+
+    seen = LastSchedule()
+    args = [
+        "fit", "--config", str(REPO / f"conf/experiments/{name}.yaml"),
+        "--data", "sqdr.data.SyntheticDataModule", "--data.init_args.batch_size", "64",
+        "--data.init_args.n_train", "500", "--data.init_args.val_fraction", "0.1",
+        "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "1",
+        "--trainer.enable_progress_bar", "false", "--test_after_fit", "false",
+        "--model.certify_engine", "none", "--runs_dir", str(tmp_path), *SCHEDULE_RUNS[change],
+    ]
+    cli = make_cli(args, callbacks=[seen])
+    last_step, total_steps, optimiser_steps = seen.steps
+    assert last_step == total_steps == optimiser_steps == cli.trainer.estimated_stepping_batches > 0
+    peaks = [cli.model.hparams.lr, cli.model.hparams.circuit_lr]
+    assert seen.rates == pytest.approx([peak / 25 / 1e4 for peak in peaks])
+
+
+def test_schedule_shorter_than_the_run_is_refused_before_training(tmp_path, capsys):
+    args = [
+        "fit", "--config", str(REPO / "conf/experiments/fashion_mnist_best_1k.yaml"),
+        "--data", "sqdr.data.SyntheticDataModule", "--model.scheduler.init_args.total_steps", "5",
+        "--trainer.max_epochs", "1", "--runs_dir", str(tmp_path),
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "total_steps is 5, but the run takes" in error and "leave total_steps out" in error
 
 
 def reproduction_runs() -> list:
@@ -97,5 +139,5 @@ def test_reproduction_run_resolves_through_the_fit_cli(plan, run, capsys, monkey
     resolved = yaml.safe_load(capsys.readouterr().out)
     if run.variant.name == "best_1k":  # its own config comes after the data set's overrides and wins
         assert resolved["trainer"]["max_epochs"] == 40 and resolved["data"]["init_args"]["batch_size"] == 64
-        assert resolved["model"]["scheduler"]["init_args"]["total_steps"] == 860 * 40  # 860 batches an epoch
+        assert resolved["model"]["scheduler"]["init_args"]["total_steps"] is None  # the run's length, at fit time
     assert resolved["seed_everything"] == 0

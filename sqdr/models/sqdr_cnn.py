@@ -24,6 +24,7 @@ from sqdr.models.encoder import (
 )
 from sqdr.models.noise import NoiseModel, NoiseSpec
 from sqdr.models.spec import EngineName, Entangler, Readout
+from sqdr.models.twins import ClassicalLayer, ClassicalMap, ParameterMatchedMLP, count
 
 Head = Literal["linear", "mlp", "none"]
 
@@ -57,22 +58,6 @@ class ExpectationLogits(nn.Module):
 
     def forward(self, expectations: torch.Tensor) -> torch.Tensor:
         return expectations[:, : self.num_classes]
-
-
-class ClassicalLayer(nn.Module):
-    """``Linear(3n -> n)`` and ``tanh`` in place of the circuit: a classical layer of comparable size.
-
-    It reads the same ``3 * n_qubits`` encoder features and, like ``<Z_i>``, emits ``n_qubits`` values in
-    [-1, 1], so the head and the parameter split (encoder / circuit / head) stay as they are and a comparison
-    with the circuit measures what the circuit itself contributes.
-    """
-
-    def __init__(self, n_qubits: int) -> None:
-        super().__init__()
-        self.layer = nn.Linear(3 * n_qubits, n_qubits)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.layer(features))
 
 
 class SQDRCNN(nn.Module):
@@ -124,10 +109,13 @@ class SQDRCNN(nn.Module):
         head: what follows the circuit: ``linear``, ``mlp`` or ``none`` (the first ``num_classes`` <Z_i>).
         head_hidden: hidden width of the ``mlp`` head.
         head_relu: a ReLU after the head, as in the reference implementation.
-        quantum: ``False`` puts a :class:`ClassicalLayer` (``Linear(3n -> n)`` + ``tanh``) where the circuit
-            was: the classical baseline with the same spiking encoder and head. The circuit's options
-            (``n_blocks``, ``engine``, ``entangler``, ``feature_scale``, the angle options, ``readout``, ``init``)
-            then do not apply.
+        quantum: ``False`` puts the classical map ``classical_map`` where the circuit was: the same spiking
+            encoder and head around a classical twin of the circuit (:mod:`sqdr.models.twins`).
+        classical_map: the twin when ``quantum`` is ``False``: ``tanh_layer`` (``tanh(Linear(3n -> n))``, the
+            paper-recipe baseline), ``matched`` (a two-layer tanh network with the circuit's input and output
+            widths and exactly its trainable parameters, which ``n_blocks``, ``readout`` and the angle options
+            set) or ``none`` (the features straight into a head widened to the circuit's and head's parameters
+            together). The circuit's other options then do not apply.
     """
 
     #: The parts whose parameters are counted (and whose gradient norms are logged) separately.
@@ -167,6 +155,7 @@ class SQDRCNN(nn.Module):
         head_hidden: PositiveInt = 32,
         head_relu: bool = False,
         quantum: bool = True,
+        classical_map: ClassicalMap = "tanh_layer",
     ) -> None:
         super().__init__()
         if not quantum and (noise is not None or shots is not None):
@@ -194,13 +183,10 @@ class SQDRCNN(nn.Module):
             projection=projection,
             project_norm=project_norm,
         )
-        self.circuit: nn.Module = ReuploadCircuit(
+        circuit_options = dict(
             n_qubits=n_qubits,
             n_blocks=n_blocks,
             entangler=entangler,
-            engine=engine,
-            noise=noise,
-            shots=shots,
             feature_scale=feature_scale,
             init=init,
             init_range=init_range,
@@ -208,9 +194,28 @@ class SQDRCNN(nn.Module):
             angle_offset=angle_offset,
             learn_angle_scale=learn_angle_scale,
             learn_angle_offset=learn_angle_offset,
-        ) if quantum else ClassicalLayer(n_qubits)
-        head_inputs = self.circuit.n_outputs if quantum else n_qubits
-        self.head = make_head(head, head_inputs, num_classes, head_hidden, head_relu)
+        )
+        if quantum:
+            self.circuit: nn.Module = ReuploadCircuit(**circuit_options, engine=engine, noise=noise, shots=shots)
+            self.head = make_head(head, self.circuit.n_outputs, num_classes, head_hidden, head_relu)
+        elif classical_map == "tanh_layer":
+            self.circuit = ClassicalLayer(n_qubits)
+            self.head = make_head(head, n_qubits, num_classes, head_hidden, head_relu)
+        else:
+            # The hybrid this model is the twin of, built only to be measured: forking the random state keeps
+            # what follows initialised as in the hybrid and the other twins of the same seed.
+            with torch.random.fork_rng(devices=[]):
+                circuit = ReuploadCircuit(**circuit_options)
+                hybrid_head = make_head(head, circuit.n_outputs, num_classes, head_hidden, head_relu)
+            if classical_map == "matched":
+                self.circuit = ParameterMatchedMLP(3 * n_qubits, circuit.n_outputs, count(circuit), output_tanh=True)
+                self.head = make_head(head, circuit.n_outputs, num_classes, head_hidden, head_relu)
+            elif classical_map == "none":
+                self.circuit = nn.Identity()
+                budget = count(circuit) + count(hybrid_head)
+                self.head = ParameterMatchedMLP(3 * n_qubits, num_classes, budget, output_tanh=False)
+            else:
+                raise ValueError(f"Unknown classical_map {classical_map!r}; choose 'tanh_layer', 'matched' or 'none'.")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classify(self.encode(images))
@@ -233,7 +238,7 @@ class SQDRCNN(nn.Module):
 
     @property
     def quantum_circuit(self) -> ReuploadCircuit | None:
-        """The re-upload circuit, or None when a :class:`ClassicalLayer` stands in its place (``quantum=False``)."""
+        """The re-upload circuit, or None when a classical twin stands in its place (``quantum=False``)."""
         return self.circuit if isinstance(self.circuit, ReuploadCircuit) else None
 
     def with_engine(self, engine: EngineName, *, noise: NoiseSpec | NoiseModel, shots: int | None = None) -> SQDRCNN:
@@ -243,7 +248,7 @@ class SQDRCNN(nn.Module):
         Pass ``noise=model.circuit.spec.noise`` to keep the current noise model.
         """
         if self.quantum_circuit is None:
-            raise ValueError("this model has a classical layer instead of a circuit (quantum=False): no engine to change.")
+            raise ValueError("this model has a classical map instead of a circuit (quantum=False): no engine to change.")
         other = copy.copy(self)
         other._modules = dict(self._modules)  # its own child table, so replacing the circuit leaves self alone
         other.circuit = self.circuit.with_engine(engine, noise=noise, shots=shots)

@@ -17,7 +17,7 @@ import yaml
 
 from sqdr.errors import UserError
 
-GROUPS = ("paper", "baseline", "ablation", "tuned")
+GROUPS = ("paper", "baseline", "ablation", "tuned", "twin")
 
 
 @dataclass(frozen=True)
