@@ -1,15 +1,12 @@
-"""sqdr: a PyTorch Lightning experiment platform for the hybrid spiking-quantum classifier SQDR-CNN."""
+"""sqdr: a PyTorch Lightning experiment platform for the hybrid spiking-quantum classifier SQDR-CNN.
+
+Importing sqdr changes nothing in the process; :func:`sqdr.runtime.configure` applies the settings that make
+training fast (the ``sqdr`` command calls it).
+"""
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
-
-# PyTorch's OpenMP threads spin after each parallel region by default, and the encoder's numba kernels run on
-# their own threads between PyTorch's operations, so spinning threads hold the cores the kernels need: on 2 cores
-# a training step then used well over twice the CPU time it needs, and 2 threads trained no faster than 1.
-# OpenMP reads this when torch is first imported; a value set by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 __all__ = ["SQDRCNN", "__version__"]

@@ -1,6 +1,7 @@
 """``sqdr``: the one dispatcher of the command line.
 
 Each sub-command's module is imported only when that command runs, so ``sqdr --help`` costs no torch import.
+The process is configured (:func:`sqdr.runtime.configure`) before a sub-command runs, so before torch is imported.
 User mistakes in any sub-command end on the same path: :func:`sqdr.errors.exit_with`.
 """
 
@@ -10,6 +11,7 @@ import sys
 from collections.abc import Callable
 
 from sqdr.errors import UserError, exit_with
+from sqdr.runtime import configure
 
 USAGE = """usage: sqdr {fit,validate,test,predict,sweep,noise,report,bench,reproduce} ...
 
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     if command is None:
         print(f"error: unknown command {args[0]!r}\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)
+    if not {"-h", "--help"} & set(args[1:]):  # help texts need no settings, and stay instant without numba's import
+        configure()
     try:
         command(args if command is _lightning else args[1:])
     except (UserError, ValueError) as error:  # model and data options raise ValueError for impossible values

@@ -233,9 +233,14 @@ def measure(case: Case, min_run_time: float) -> dict:
     }
 
 
+# A measuring child configures its process as the `sqdr` command does (before this module imports torch); its
+# errors still end in their exception's line, which run_isolated reports.
+CHILD = "import sys; from sqdr.runtime import configure; configure(); from sqdr.bench import main; main(sys.argv[1:])"
+
+
 def run_isolated(case: Case, min_run_time: float, timeout: float) -> dict:
     """Measure ``case`` in a child process (own peak memory, no shared caches)."""
-    command = [sys.executable, "-m", "sqdr.bench", "--one", json.dumps(asdict(case)), "--min_time", str(min_run_time)]
+    command = [sys.executable, "-c", CHILD, "--one", json.dumps(asdict(case)), "--min_time", str(min_run_time)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=True)
     except subprocess.TimeoutExpired:

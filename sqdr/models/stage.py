@@ -16,11 +16,7 @@ from torch import nn
 
 from sqdr.models import stage_kernels as kernels
 from sqdr.models import threads
-from sqdr.models.memory import retain_freed_memory
 from sqdr.models.neurons import SURROGATES, checked_dynamics
-
-# The stages' large intermediates are allocated and freed at every step (see sqdr.models.memory).
-retain_freed_memory()
 
 
 def _tensor(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:

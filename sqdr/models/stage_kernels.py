@@ -20,9 +20,7 @@ vectorising the loops.
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import importlib.metadata
 import math
 import types
 from typing import TYPE_CHECKING
@@ -36,35 +34,9 @@ from sqdr.models import threads
 if TYPE_CHECKING:
     import torch
 
-# The oldest TBB interface numba's layer accepts (TBB 2021.6).
-TBB_MIN_INTERFACE = 12060
-
-
-def load_tbb() -> bool:
-    """Load the TBB library of the ``tbb`` package, if installed, so that numba's ``tbb`` threading layer finds it.
-
-    The package puts ``libtbb.so.12`` in the environment's ``lib`` directory, where the dynamic loader does not
-    look; once loaded by its path, numba's layer links to it by name.
-    """
-    try:
-        files = importlib.metadata.files("tbb") or []
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    for file in files:
-        if file.name == "libtbb.so.12":
-            try:
-                library = ctypes.CDLL(str(file.locate()), mode=ctypes.RTLD_GLOBAL)
-            except OSError:
-                return False
-            return library.TBB_runtime_interface_version() >= TBB_MIN_INTERFACE
-    return False
-
-
-# The threaded kernels run on TBB's thread pool: a launch there costs a small fraction of one on numba's own
-# workqueue (whose idle threads sleep and must be woken), and no second OpenMP runtime joins PyTorch's.
-# Without TBB (it ships for x86-64 Linux), numba's workqueue.
-TBB = load_tbb()
-numba.config.THREADING_LAYER = "tbb" if TBB else "workqueue"
+# Whether the threaded kernels run on TBB's thread pool: sqdr.runtime.configure() chooses numba's tbb layer when
+# the tbb package's library loads. Without configure(), numba's default layer.
+TBB = numba.config.THREADING_LAYER == "tbb"
 
 # Below this many elements in its largest array a kernel runs its loops on the calling thread, where a launch on
 # the thread pool would cost more than the threads save. On TBB, timed on 2 cores, training steps of the paper
@@ -138,9 +110,17 @@ class Kernel:
     def __call__(self, *args):
         if max(arg.size for arg in args if isinstance(arg, np.ndarray)) < PARALLEL_MIN_ELEMENTS:
             return self.serial(*args)
-        # one per worker in a parallel sweep
-        numba.set_num_threads(max(1, min(threads.budget(), numba.config.NUMBA_NUM_THREADS)))
-        return self.threaded(*args)
+        wanted = max(1, min(threads.budget(), numba.config.NUMBA_NUM_THREADS))  # one per worker in a parallel sweep
+        previous = numba.get_num_threads()
+        if wanted == previous:
+            return self.threaded(*args)
+        # numba's thread count belongs to the calling thread (its parallel regions inherit it; other threads keep
+        # their own), so setting it for this call and restoring it after leaves the caller's setting as it was.
+        numba.set_num_threads(wanted)
+        try:
+            return self.threaded(*args)
+        finally:
+            numba.set_num_threads(previous)
 
 
 # The convolution works on frames padded with a border of zeros and flattened: in a padded frame of row length

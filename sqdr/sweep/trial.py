@@ -16,7 +16,6 @@ import shlex
 import tempfile
 import time
 import traceback
-import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,9 +28,6 @@ from sqdr.sweep.study import StudySpec, mark_run_failed
 
 if TYPE_CHECKING:  # torch and Lightning load only when a trial trains: a new worker claims its trial first
     from lightning.pytorch.callbacks import Callback
-
-# Trials call LightningCLI with explicit args from inside `sqdr sweep`; that is intended here.
-warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
 
 
 def cli_value(value: Any) -> str:

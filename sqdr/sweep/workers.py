@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,9 +27,6 @@ from sqdr.sweep.sampling import make_sampler
 from sqdr.sweep.storage import BudgetLock, masked
 from sqdr.sweep.study import StudySpec, load_study, mark_run_failed, open_study_storage
 from sqdr.sweep.trial import make_objective
-
-# Heartbeats, stale-trial failing and their retry callback are marked experimental; they are what we want.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 #: A RUNNING trial without a recorded worker this old was orphaned between ``ask`` and its first line.
 ORPHAN_AGE = timedelta(seconds=60)
