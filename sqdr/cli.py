@@ -149,6 +149,7 @@ class SQDRCLI(LightningCLI):
                 version, resume_step = run_dir.name.removeprefix("version_"), resume[1]
                 version = int(version) if version.isdigit() else version
         check_writable(config.runs_dir)
+        # version=None: a new run, which claims its own version_N (atomically) when its directory is first asked for.
         loggers: list[Logger] = [
             RunCSVLogger(save_dir=config.runs_dir, name=config.experiment, version=version, resume_step=resume_step)
         ]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from sqdr.runs import VERSION_PREFIX, claim_run_dir
 
 
 def wandb_mode() -> str:
@@ -17,7 +21,10 @@ def wandb_mode() -> str:
 
 
 class RunCSVLogger(CSVLogger):
-    """``CSVLogger`` that keeps a resumed run's history in its own ``metrics.csv``.
+    """``CSVLogger`` that claims a run directory of its own and keeps a resumed run's history in its ``metrics.csv``.
+
+    Without a ``version``, the next ``version_N`` is created on the spot (:func:`~sqdr.runs.claim_run_dir`):
+    Lightning only lists the folders, so runs started together would all pick the same one.
 
     Lightning's CSV writer starts a fresh file. When a run resumes from a checkpoint taken at global step
     ``resume_step``, the rows logged before that step are carried over and the rows after it (logged by the
@@ -27,6 +34,21 @@ class RunCSVLogger(CSVLogger):
     def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._resume_step = resume_step
+        self._claimed: Path | None = None
+
+    def _get_next_version(self) -> int:
+        # Only rank zero writes the run; other processes of a multi-process run must not claim directories.
+        if rank_zero_only.rank != 0:
+            return super()._get_next_version()
+        self._claimed = claim_run_dir(self.root_dir)
+        return int(self._claimed.name.removeprefix(VERSION_PREFIX))
+
+    def finalize(self, status: str) -> None:
+        """A run that failed before writing anything (missing data, say) leaves no empty ``version_N`` behind."""
+        super().finalize(status)
+        if status == "failed" and self._claimed is not None:
+            with contextlib.suppress(OSError):  # not empty: the run wrote something, which stays
+                self._claimed.rmdir()
 
     @property
     def experiment(self):

@@ -1,7 +1,8 @@
 """The run-directory layout, in one place: where runs, their configs and their checkpoints live.
 
 ``sqdr fit`` writes ``<runs_dir>/<experiment>/version_N/`` holding ``config.yaml``, ``metrics.csv``,
-``hparams.yaml`` and ``checkpoints/`` (``best-epoch=K.ckpt`` by ``val/acc`` and ``last.ckpt``). Commands that
+``hparams.yaml`` and ``checkpoints/`` (``best-epoch=K.ckpt`` by ``val/acc`` and ``last.ckpt``); a new run creates
+its ``version_N`` as it starts (:func:`claim_run_dir`), so no two runs ever share one. Commands that
 read runs back (``sqdr noise``, resuming with ``--ckpt_path last``) ask this module instead of guessing from
 file names or modification times: which checkpoint is the best one is recorded by Lightning's
 ``ModelCheckpoint`` inside every checkpoint it writes, and copies or ``touch`` change times but not that record.
@@ -12,6 +13,7 @@ file fails with a :class:`~sqdr.errors.UserError` naming it, not with a tracebac
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,26 @@ def run_dirs(experiment_dir: str | Path) -> list[Path]:
         if path.is_dir() and path.name.removeprefix(VERSION_PREFIX).isdigit()
     ]
     return sorted(runs, key=lambda path: int(path.name.removeprefix(VERSION_PREFIX)))
+
+
+def claim_run_dir(experiment_dir: str | Path) -> Path:
+    """Create and return the next ``version_N`` of an experiment, never one another process has taken.
+
+    The folder is created with ``os.mkdir``, which fails when it exists, so runs started at the same moment each
+    get their own directory instead of sharing one ``version_N`` (and one interleaved ``metrics.csv``).
+    """
+    experiment_dir = Path(experiment_dir)
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    existing = run_dirs(experiment_dir)
+    number = int(existing[-1].name.removeprefix(VERSION_PREFIX)) + 1 if existing else 0
+    while True:
+        path = experiment_dir / f"{VERSION_PREFIX}{number}"
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            number += 1  # taken since we looked (or a file of that name): the next one
+            continue
+        return path
 
 
 def is_run_dir(path: Path) -> bool:

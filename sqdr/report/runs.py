@@ -9,6 +9,7 @@ they got.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,9 +49,9 @@ class Run:
     @classmethod
     def read(cls, path: Path, name: str) -> Run:
         config_file = path / "config.yaml"  # absent when a trial's worker died before the run wrote it
-        config = _flatten(yaml.safe_load(config_file.read_text()) or {}) if config_file.is_file() else {}
+        config = _flatten(_read(config_file, _read_config)) if config_file.is_file() else {}
         csv = path / "metrics.csv"  # absent when the run died before its first log line
-        metrics = pd.read_csv(csv) if csv.is_file() else pd.DataFrame()
+        metrics = _read(csv, pd.read_csv) if csv.is_file() else pd.DataFrame()
         return cls(name, path, config, metrics, _status(path, config, _per_epoch(metrics)))
 
     @property
@@ -62,6 +63,25 @@ class Run:
         if not len(values):
             return None
         return float(values.max() if how == "max" else values.iloc[-1])
+
+
+class DamagedFile(Exception):
+    """A file of a run that exists but cannot be read: empty, cut short, or not what ``sqdr fit`` writes."""
+
+
+def _read(path: Path, reader: Callable[[Path], Any]) -> Any:
+    try:
+        return reader(path)
+    except (OSError, ValueError, yaml.YAMLError) as error:  # pandas' parser errors are ValueErrors
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DamagedFile(f"{path.name} cannot be read: {reason}") from None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    config = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(config, dict):
+        raise ValueError("not a mapping of options")
+    return config
 
 
 def _per_epoch(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -93,11 +113,22 @@ def _epochs_done(epochs: pd.DataFrame) -> int:
     return int(epochs["train/loss"].notna().sum()) if "train/loss" in epochs else 0
 
 
-def find_runs(folder: Path) -> list[Run]:
-    """Every run under ``folder`` (itself a run, an experiment, or a folder of experiments), in path order."""
+def find_runs(folder: Path, say: Callable[[str], None] = print) -> list[Run]:
+    """Every run under ``folder`` (itself a run, an experiment, or a folder of experiments), in path order.
+
+    A run with a file that cannot be read (an empty or cut-short ``metrics.csv``, say) is named through ``say``
+    and left out, so one damaged run does not hide the others.
+    """
     markers = [*folder.rglob("config.yaml"), *folder.rglob(FAILED_MARKER)]  # a run killed early has only the latter
     paths = sorted({p.parent for p in markers if p.parent.name.startswith("version_")})
-    return [Run.read(path, str(path.relative_to(folder)) if path != folder else path.name) for path in paths]
+    runs = []
+    for path in paths:
+        name = str(path.relative_to(folder)) if path != folder else path.name
+        try:
+            runs.append(Run.read(path, name))
+        except DamagedFile as error:
+            say(f"skipped {name}, which is damaged: {error}")
+    return runs
 
 
 def runs_table(runs: list[Run]) -> pd.DataFrame:
@@ -143,7 +174,12 @@ def plot_curves(runs: list[Run], title: str) -> Figure:
 
 def report_runs(folder: Path, out: Path) -> list[Path]:
     """Print and write the table of the runs under ``folder``, and their training curves; returns the files."""
-    runs = find_runs(folder)
+    damaged: list[str] = []
+    runs = find_runs(folder, say=damaged.append)
+    for line in damaged:
+        print(line)
+    if not runs and damaged:
+        raise UserError(f"every run under {folder} is damaged (see above); nothing to report.")
     if not runs:
         raise UserError(
             f"no `sqdr fit` runs under {folder} (a run is a version_N/ folder with a config.yaml); "

@@ -46,10 +46,22 @@ Record = dict[str, Any]
 
 
 def read_result(run: Run, args: list[str]) -> Record | None:
-    """The record of ``run`` if it finished with exactly these ``sqdr fit`` arguments and config files."""
+    """The record of ``run`` if it finished with exactly these ``sqdr fit`` arguments and config files.
+
+    A ``result.json`` that cannot be read (cut short, say) makes the run unfinished, so it is trained again
+    instead of stopping the whole reproduction.
+    """
     path = run.directory / RESULT
-    record = json.loads(path.read_text()) if path.is_file() else None
-    if record is None or record.get("args") != args:
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):  # ValueError: not JSON, or not text
+        record = None
+    if not isinstance(record, dict):
+        print(f"{path} is damaged (not a complete result record); training {run.name} again", flush=True)
+        return None
+    if record.get("args") != args:
         return None
     file_digests = {name: hashlib.sha256(Path(name).read_bytes()).hexdigest() for name in config_files(args)}
     return record if record.get("configs") in (config_digests(args), file_digests) else None  # older: whole files

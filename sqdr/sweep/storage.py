@@ -1,13 +1,18 @@
 """Where a study lives: SQLite, a journal file or PostgreSQL, and the lock that keeps N workers within budget.
 
 Optuna's own storages do the work; this module only picks one from a URL, gives SQL databases heartbeats, turns
-connection failures into one sentence, and never shows a password (:func:`masked`).
+connection failures into one sentence, never shows a password (:func:`masked`), and checks a journal file before
+Optuna reads or appends to it (:func:`check_journal`).
 """
 
 from __future__ import annotations
 
 import fcntl
 import importlib.util
+import json
+import os
+import shutil
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +20,7 @@ from typing import Any, Literal
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -84,7 +89,9 @@ def open_storage(
     if kind != "postgresql":
         local_file(url).parent.mkdir(parents=True, exist_ok=True)
     if kind == "journal":
-        return JournalStorage(JournalFileBackend(str(local_file(url))))
+        path = local_file(url)
+        check_journal(path)
+        return JournalStorage(JournalFileBackend(str(path)))
     try:
         return RDBStorage(
             sql_url(url),
@@ -95,6 +102,75 @@ def open_storage(
     except (ImportError, SQLAlchemyError) as exc:
         reason = str(exc.__cause__ or exc).strip().splitlines()[0]
         raise UserError(f"cannot open storage {masked(url)}: {scrubbed(reason, url)}") from None
+
+
+def check_journal(path: Path) -> None:
+    """Make a journal file safe to read and append to, or refuse it with the way to fix it.
+
+    A process killed while appending leaves its last record cut short. Optuna skips such a last line when
+    reading, but the next append would be written onto it, and from then on no one could read the study. So a
+    damaged last line is cut off (a copy of the file is kept beside it as ``<file>.torn-<time>``); it holds
+    nothing any reader has seen. A damaged line with records after it cannot come from an interrupted append,
+    and dropping it might lose trials, so that is a :class:`UserError` naming the line.
+    """
+    if _journal_damage(path) is None:
+        return
+    # Optuna's appends hold this lock (its default) from the first byte to the fsync: with it held, a cut-short
+    # last line was left by a dead writer, not one still writing.
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        damage = _journal_damage(path)
+        if damage is None:
+            return
+        keep, size = damage
+        stamp, number = time.strftime("%Y%m%d-%H%M%S"), 0
+        backup = path.with_name(f"{path.name}.torn-{stamp}")
+        while backup.exists():
+            number += 1
+            backup = path.with_name(f"{path.name}.torn-{stamp}.{number}")
+        shutil.copy2(path, backup)
+        with open(path, "r+b") as file:
+            file.truncate(keep)
+            file.flush()
+            os.fsync(file.fileno())
+    finally:
+        lock.release()
+    print(
+        f"{path}: removed a last record cut short by an interrupted write ({size - keep} bytes); "
+        f"the original file is kept as {backup}",
+        flush=True,
+    )
+
+
+def _journal_damage(path: Path) -> tuple[int, int] | None:
+    """``(bytes to keep, file size)`` when the last line of ``path`` is damaged, None when the file is sound.
+
+    Raises :class:`UserError` for a damaged line that has records after it.
+    """
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    *lines, tail = data.split(b"\n")  # tail: whatever follows the last newline, nothing in a sound file
+    keep = 0
+    for number, line in enumerate(lines, start=1):
+        if not _is_record(line):
+            if number < len(lines) or tail:
+                raise UserError(
+                    f"journal {path}: line {number} is damaged (not a complete JSON record) and records follow it, "
+                    f"so the study cannot be read; restore the file from a backup, or delete line {number} (losing "
+                    "that one record) and run again."
+                )
+            return keep, len(data)
+        keep += len(line) + 1
+    return (keep, len(data)) if tail else None
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return False
 
 
 class BudgetLock:
