@@ -27,6 +27,26 @@ def test_fused_density_matrix_matches_default_mixed_for_paper_preset(n_qubits, n
     assert_engines_agree(circuit, "default.mixed", torch.rand(2, 3 * n_qubits, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("readout", ["z", "xyz"])
+@pytest.mark.parametrize("n_qubits, n_blocks", [(3, 2), (3, 3)])
+def test_fused_matches_default_mixed_for_the_hardware_preset(n_qubits, n_blocks, readout):
+    """Gate channels and readout error together; default.mixed applies the readout error as a channel before
+    measuring, fused as a scale on the expectations: two formulations, one answer (values and gradients)."""
+    torch.manual_seed(n_qubits + n_blocks)
+    circuit = ReuploadCircuit(n_qubits, n_blocks, "chain", noise="hardware", readout=readout).double()
+    assert_engines_agree(circuit, "default.mixed", torch.rand(2, 3 * n_qubits, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("readout", ["z", "xyz"])
+def test_readout_error_scales_every_expectation_by_one_minus_twice_the_flip_probability(readout):
+    torch.manual_seed(3)
+    features = torch.rand(4, 9, dtype=torch.float64)
+    exact = ReuploadCircuit(3, 2, "chain", readout=readout).double()
+    misread = exact.with_engine("fused", noise={"readout": 0.1})
+    torch.testing.assert_close(misread(features), 0.8 * exact(features))
+    assert_engines_agree(misread, "default.mixed", features)
+
+
 def test_feature_driven_amplitude_damping_reads_the_chosen_angle():
     torch.manual_seed(0)
     noise = {"amplitude_damping": "feature", "amplitude_damping_feature": 2, "bit_flip": 0.05}
@@ -101,6 +121,7 @@ def test_paper_preset_is_bit_flip_depolarizing_and_feature_damping():
         ({"depolarizing": 1.5}, "needs a probability in"),
         ({"bit_flip": "feature"}, "needs a probability in"),
         ({"amplitude_damping": "feature", "amplitude_damping_feature": 3}, "one of a qubit's 3 data angles"),
+        ({"readout": 0.6}, "probability of a flipped measured bit, in"),
     ],
 )
 def test_bad_noise_is_a_clear_error(spec, message):

@@ -256,6 +256,35 @@ def test_plan_mistakes_name_the_fix(tmp_path):
         load_plan(path, "paper", tmp_path / "runs")
 
 
+def test_paired_difference_has_a_student_t_interval_and_says_which_rows_differ(tmp_path):
+    """Differences per seed: twin - hybrid = -3, -2, -2.5 points (mean -2.5, sd 0.5, t(0.975, 2) = 4.3027: CI -2.5 +-
+    1.242, significant), and +1, -1, +1 for the other twin (mean +0.33, sd 1.155: the interval includes 0)."""
+    accuracies = {"winner": [0.80, 0.82, 0.84], "matched_map": [0.77, 0.80, 0.815], "no_circuit": [0.81, 0.81, 0.85]}
+    records = [
+        fake_record(seed, accuracy, 100, tmp_path / f"{variant}{seed}", variant=variant)
+        for variant, values in accuracies.items() for seed, accuracy in enumerate(values)
+    ]
+    records.append(fake_record(3, 0.9, 100, tmp_path / "extra", variant="matched_map"))  # seed 3: no winner to pair
+    table = summary_table(records, PUBLISHED).set_index("variant")
+    matched = table.loc["matched_map"]
+    half = 4.302653 * 0.5 / 3**0.5
+    assert matched["paired_seeds"] == 3 and matched["paired_diff"] == pytest.approx(-2.5)
+    assert (matched["paired_low"], matched["paired_high"]) == pytest.approx((-2.5 - half, -2.5 + half), abs=1e-5)
+    assert matched["paired_significant"] and matched["seeds"] == 4
+    no_circuit = table.loc["no_circuit"]
+    assert no_circuit["paired_diff"] == pytest.approx(1 / 3) and not no_circuit["paired_significant"]
+    assert table.loc["winner", "paired_diff"] == 0.0 and not table.loc["winner", "paired_significant"]
+
+    write_report(records, PUBLISHED, tmp_path / "out", "twins")
+    markdown = (tmp_path / "out" / "tables" / "reproduce_twins.md").read_text()
+    assert "| -2.50 [-3.74, -1.26] *  " in markdown and "| +0.33 [-2.54, +3.20]  " in markdown
+    assert (
+        "fashion_mnist: matched_map is 2.50 points below winner (paired over 3 seeds, 95% CI -3.74 to -1.26): "
+        "significant." in markdown
+    )
+    assert "no_circuit is 0.33 points above winner" in markdown and "not significant (the interval includes 0)" in markdown
+
+
 def test_baselines_keep_the_parameter_split_and_skip_certification():
     classical, cnn = SQDRCNN(quantum=False), ConvNet()
     split = {"encoder": 649, "circuit": 252, "head": 100, "total": 1001}  # Linear(27 -> 9) where the circuit was
@@ -264,7 +293,7 @@ def test_baselines_keep_the_parameter_split_and_skip_certification():
     module = SQDRModule(cnn)
     assert module.certification.engine is None and module.run_summary()["engine"] is None
     assert [len(group["params"]) for group in module.configure_optimizers().param_groups][1] == 0  # no circuit angles
-    with pytest.raises(ValueError, match="classical layer instead of a circuit"):
+    with pytest.raises(ValueError, match="classical map instead of a circuit"):
         cnn.with_engine("lightning", noise=None)
 
 

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import lightning as L
-import numba
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from sqdr.data import SyntheticDataModule
-from sqdr.models import SQDRCNN, stage_kernels, threads
+from sqdr.models import SQDRCNN, threads
 from sqdr.module import SQDRModule
 
 
@@ -73,14 +71,6 @@ def test_run_parallel_returns_gradients_only_for_inputs_that_need_them():
     torch.testing.assert_close(grad, x.T @ (x @ weight).cos(), rtol=1e-12, atol=1e-12)
     with torch.no_grad():
         assert not threads.run_parallel(lambda a, b: a @ b, x, weight).requires_grad
-
-
-def test_kernels_take_the_budget_inside_a_training_step(two_threads, monkeypatch):
-    monkeypatch.setattr(stage_kernels, "PARALLEL_MIN_ELEMENTS", 0)
-    numba.set_num_threads(1)
-    with threads.small_operations_serial():
-        stage_kernels.channel_moments(np.ones((4, 2, 3, 3), np.float32))
-    assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
 
 
 class ThreadsSeen(L.Callback):

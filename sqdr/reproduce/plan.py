@@ -17,7 +17,7 @@ import yaml
 
 from sqdr.errors import UserError
 
-GROUPS = ("paper", "baseline", "ablation", "tuned", "twin")
+GROUPS = ("paper", "baseline", "ablation", "tuned", "twin", "noise")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The tables and figures of a reproduction, from its run records and the published spiking results.
 
 Tables (``<out>/tables/reproduce_<budget>.csv|md``): one row per (data set, variant) with the mean and standard
-deviation of the test accuracy over seeds, its difference to the data set's first row, the parameters per part,
+deviation of the test accuracy over seeds, its difference to the data set's first row (of the means, and paired
+seed by seed with a 95 % confidence interval: :mod:`sqdr.reproduce.paired`), the parameters per part,
 the training throughput and, where published spiking results for the data set are given, the paper's two ratios:
 accuracy as a percentage of the mean accuracy of those spiking networks, and parameters as a percentage of the
 smallest of them. Rows of skipped or failed runs
@@ -22,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from sqdr.errors import UserError
 from sqdr.files import atomic_write, write_figure, write_text
+from sqdr.reproduce.paired import CONFIDENCE, interval, paired_difference, paired_findings
 from sqdr.reproduce.runner import PARTS, Record, headline
 
 PUBLISHED_COLUMNS = ("dataset", "model", "accuracy", "params", "source")
@@ -54,6 +56,11 @@ def summary_table(records: list[Record], published: pd.DataFrame) -> pd.DataFram
         accuracy = pd.Series([100 * r["test_acc"] for r in done], dtype=float)
         row["test_acc_mean"] = accuracy.mean() if len(done) else np.nan
         row["test_acc_std"] = accuracy.std() if len(done) > 1 else np.nan
+        row["test_acc_ci_low"], row["test_acc_ci_high"] = interval(accuracy)
+        first = next(key for key in keys if key[0] == dataset)  # the plan lists each data set's reference first
+        paired = paired_difference(runs, [r for r in records if (r["dataset"], r["variant"]) == first])
+        row.update(paired_seeds=paired.seeds, paired_diff=paired.mean, paired_low=paired.low, paired_high=paired.high,
+                   paired_significant=paired.significant)
         for part in (*PARTS, "total"):
             row[f"params_{part}"] = done[0]["params"][part] if done else np.nan
         speeds = [r["images_per_s"] for r in done if r.get("images_per_s")]
@@ -108,6 +115,10 @@ def markdown(table: pd.DataFrame) -> str:
             "-" if pd.isna(v) else "reference" if first else f"{v:+.2f}"
             for first, v in zip(~table["dataset"].duplicated(), table["vs_first"])
         ],
+        f"paired difference ({CONFIDENCE:.0%} CI)": [
+            "reference" if first else _paired(row)
+            for first, (_, row) in zip(~table["dataset"].duplicated(), table.iterrows())
+        ],
         f"parameters ({' + '.join(PARTS)})": [_split(row) for _, row in table.iterrows()],
         "images/s": table["images_per_s"].map(lambda v: "-" if pd.isna(v) else f"{v:.0f}"),
         "% of SNN accuracy": table["acc_vs_snn"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}"),
@@ -115,6 +126,14 @@ def markdown(table: pd.DataFrame) -> str:
         "status": table["status"],
     })
     return shown.to_markdown(index=False) + "\n"
+
+
+def _paired(row: pd.Series) -> str:
+    """``+0.52 [-0.10, +1.14]``, with ``*`` when the interval excludes 0; ``-`` without two paired seeds."""
+    if pd.isna(row["paired_low"]) or row["paired_seeds"] < 2:
+        return "-"
+    mark = " *" if row["paired_significant"] else ""
+    return f"{row['paired_diff']:+.2f} [{row['paired_low']:+.2f}, {row['paired_high']:+.2f}]{mark}"
 
 
 def _mean_std(mean: float, std: float) -> str:
@@ -165,15 +184,17 @@ def plot_curves(records: list[Record], dataset: str) -> Figure:
 
 
 def plot_pareto(table: pd.DataFrame, published: pd.DataFrame, dataset: str) -> Figure:
-    """Test accuracy against parameters (log scale): our variants (error bars: std over seeds), their Pareto
-    front, and the published spiking networks on the same data set."""
+    """Test accuracy against parameters (log scale): our variants (error bars: the 95 % confidence interval of the
+    mean over seeds), their Pareto front, and the published spiking networks on the same data set."""
     fig = Figure(figsize=(8, 4.5), layout="constrained")
     ax = fig.subplots()
     ours = table[(table["dataset"] == dataset) & table["test_acc_mean"].notna()]
-    markers = {"paper": "*", "baseline": "s", "ablation": "o", "tuned": "D"}
+    markers = {"paper": "*", "baseline": "s", "ablation": "o", "tuned": "D", "twin": "v"}
     for group, rows in ours.groupby("group", sort=False):
+        spread = [(rows["test_acc_mean"] - rows["test_acc_ci_low"]).fillna(0),
+                  (rows["test_acc_ci_high"] - rows["test_acc_mean"]).fillna(0)]
         ax.errorbar(
-            rows["params_total"], rows["test_acc_mean"], yerr=rows["test_acc_std"].fillna(0),
+            rows["params_total"], rows["test_acc_mean"], yerr=spread,
             fmt=markers.get(group, "o"), markersize=12 if group == "paper" else 6, capsize=3, label=group,
             zorder=3 if group == "paper" else 2,  # the paper model stays visible among its ablations
         )
@@ -193,7 +214,7 @@ def plot_pareto(table: pd.DataFrame, published: pd.DataFrame, dataset: str) -> F
                 row["model"], (row["params"], row["accuracy"]), fontsize=7, textcoords="offset points", xytext=(4, -9)
             )
     ax.set_xscale("log")
-    ax.set(xlabel="parameters (log scale)", ylabel="test accuracy (%)", title=f"{dataset}: accuracy vs parameters")
+    ax.set(xlabel="parameters (log scale)", ylabel="test accuracy (%, 95 % CI over seeds)", title=f"{dataset}: accuracy vs parameters")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return fig
@@ -241,7 +262,7 @@ def write_report(records: list[Record], published: pd.DataFrame, out: Path, budg
     name = f"reproduce_{budget}"
     table = summary_table(records, published)
     runs = pd.json_normalize(records, sep="_")
-    text = markdown(table) + "".join(f"\n{line}\n" for line in claims(table, published))
+    text = markdown(table) + "".join(f"\n{line}\n" for line in [*paired_findings(table), *claims(table, published)])
     text += sources(published, list(table["dataset"].unique()))
     written = [
         atomic_write(out / "tables" / f"{name}.csv", lambda f: table.to_csv(f, index=False, float_format="%.6g")),

@@ -380,8 +380,7 @@ class FusedEngine:
         """``<P_i>`` for data angles ``(B, n, 3)`` and trainable angles ``(L, n, 3)``: ``(B, k * n)`` for the
         readout's ``k`` Paulis, all qubits of the first Pauli first (``(B, n)`` ``<Z_i>`` for readout ``z``)."""
         if not self.mixed and weights.shape[0] <= 2:
-            expectations = self._bloch_expectations(data, weights)
-            return self._sample_shots(expectations) if self.shots else expectations
+            return self._measured(self._bloch_expectations(data, weights))
         maps = self._local_maps(data, weights)
         if len(maps) == 1:
             zero = torch.zeros(2, 2, dtype=maps[0].dtype, device=data.device)
@@ -392,7 +391,12 @@ class FusedEngine:
         else:  # the circuit's heavy work: on all the threads a training step has (sqdr.models.threads)
             reduced = threads.run_parallel(self._evolved_marginals, *maps[:-1])
         observables = self._heisenberg(maps[-1])
-        expectations = torch.einsum("bkncr,bnrc->bkn", observables, reduced).real.flatten(1)
+        return self._measured(torch.einsum("bkncr,bnrc->bkn", observables, reduced).real.flatten(1))
+
+    def _measured(self, expectations: torch.Tensor) -> torch.Tensor:
+        """What measuring reports: the readout error, then (if shots are given) the shots' estimate."""
+        if self.spec.noise is not None:
+            expectations = self.spec.noise.read(expectations)
         return self._sample_shots(expectations) if self.shots else expectations
 
     def _bloch_expectations(self, data: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,11 @@ def reupload_circuit(spec: CircuitSpec, data, weights):
             if noise is not None:
                 for wire in range(spec.n_qubits):
                     _apply_channels(noise.entangler_channels(), noise, wire, data[..., wire, :])
+    if noise is not None and noise.readout:
+        # A flipped measured bit of probability p scales <X>, <Y> and <Z> alike by 1 - 2p: the depolarizing
+        # channel of strength 3p/2 (each Pauli error with probability p/2) just before measuring does exactly that.
+        for wire in range(spec.n_qubits):
+            qml.DepolarizingChannel(1.5 * noise.readout, wires=wire)
     return measurements(spec)
 
 
