@@ -17,6 +17,7 @@ from jsonargparse.typing import PositiveInt
 from sqdr.errors import UserError
 from sqdr.files import check_writable
 from sqdr.options import options_from, options_parser
+from sqdr.reproduce.noise_curves import write_noise_comparison
 from sqdr.reproduce.plan import Plan, load_plan
 from sqdr.reproduce.report import read_published, write_report
 from sqdr.reproduce.runner import Record, execute
@@ -48,7 +49,8 @@ class ReproduceOptions:
             <out>/noise_<budget>_<data set>/.
         threads: Intra-op threads of every run (results depend on it: PyTorch splits sums by thread count).
         workers: Runs trained at once, in as many processes (threads x workers should not exceed the cores).
-        noise: Run the noise study of the paper model (seed 0) after training.
+        noise: After training, run the budget's noise study: of the paper model (seed 0), or, where the budget
+            names variants to compare, of every run of them under the same noise settings.
     """
 
     budget: str = "quick"
@@ -105,7 +107,11 @@ def reproduce(options: ReproduceOptions) -> list[Record]:
     started = time.monotonic()
     records = execute(plan, options.threads, say=progress, workers=options.workers)
     written = write_report(records, published, out, plan.budget)
-    noise = noise_study(plan, records, out) if options.noise and plan.noise else None
+    noise = None
+    if options.noise and plan.noise and "compare" in plan.noise:  # every run of the compared variants
+        written += write_noise_comparison(records, plan.noise, out, plan.budget)
+    elif options.noise and plan.noise:  # the paper model's study
+        noise = noise_study(plan, records, out)
     done = sum(r["status"] == "done" for r in records)
     print(f"\nreproduce {plan.budget}: {done} of {len(records)} runs finished in {time.monotonic() - started:.0f} s")
     for path in written:

@@ -111,6 +111,14 @@ def load_plan(path: str | Path, budget: str, runs_dir: str | Path, seeds: list[i
     noise = spec.get("noise")
     if noise is not None and noise.get("dataset") not in {d.name for d in datasets}:
         raise UserError(f"{path}: budget {budget}: noise.dataset must be one of the budget's data sets.")
+    if noise is not None and "compare" in noise:
+        trained = next(d for d in datasets if d.name == noise["dataset"]).variants
+        unknown = [name for name in noise["compare"] or [None] if name not in trained]
+        if unknown:
+            raise UserError(
+                f"{path}: budget {budget}: noise.compare lists {unknown}, which the data set {noise['dataset']} "
+                f"does not train; choose among {', '.join(trained)}."
+            )
     return Plan(budget, " ".join(str(spec.get("about", "")).split()), seeds, datasets, noise, runs)
 
 

@@ -23,7 +23,7 @@ from sqdr.models import SQDRCNN
 from sqdr.models.noise import CHANNEL_ORDER, PRESETS
 from sqdr.options import options_from, options_parser
 from sqdr.robustness.outputs import accuracy_table, log_to_wandb, write_outputs
-from sqdr.robustness.study import Result, encode, evaluate, grid_points
+from sqdr.robustness.study import GridPoint, Result, encode, evaluate, grid_points
 from sqdr.runs import CONFIG, find_checkpoint, load_run_config, run_dir_of
 
 Channel = Literal[CHANNEL_ORDER]  # type: ignore[valid-type]  # the names the noise model knows, in its order
@@ -124,20 +124,24 @@ def evaluation_loader(run_config: dict[str, Any], source: Path, options: NoiseOp
     return datamodule.test_dataloader()
 
 
+def evaluate_checkpoint(checkpoint: Path, options: NoiseOptions, points: list[GridPoint]) -> list[Result]:
+    """The accuracy of the network in ``checkpoint`` at every grid point, on its run's test set as ``options``
+    trim it; the model and the data are checked before the first image is encoded."""
+    run_dir = run_dir_of(checkpoint)
+    net = load_net(checkpoint)
+    loader = evaluation_loader(load_run_config(run_dir), run_dir / CONFIG, options)
+    torch.manual_seed(options.seed)  # rate coding draws its spikes here, once for the whole grid
+    return evaluate(net, encode(net, loader), points, options.shots, options.seed)
+
+
 def run(options: NoiseOptions) -> list[Result]:
     """One study: check every input and the output folder, evaluate the grid, then write and print the results."""
     checkpoint = find_checkpoint(options.ckpt)
     run_dir = run_dir_of(checkpoint)
     run_config = load_run_config(run_dir)
-    net = load_net(checkpoint)
-    loader = evaluation_loader(run_config, run_dir / CONFIG, options)
     out_dir = check_writable(Path(options.out) if options.out else run_dir / "noise")
     print(f"checkpoint: {checkpoint}", flush=True)
-
-    torch.manual_seed(options.seed)  # rate coding draws its spikes here, once for the whole grid
-    batches = encode(net, loader)
-    points = grid_points(options.channels, options.levels, options.preset)
-    results = evaluate(net, batches, points, options.shots, options.seed)
+    results = evaluate_checkpoint(checkpoint, options, grid_points(options.channels, options.levels, options.preset))
 
     paths = write_outputs(results, out_dir)
     print(accuracy_table(results))
