@@ -124,14 +124,20 @@ def evaluation_loader(run_config: dict[str, Any], source: Path, options: NoiseOp
     return datamodule.test_dataloader()
 
 
-def evaluate_checkpoint(checkpoint: Path, options: NoiseOptions, points: list[GridPoint]) -> list[Result]:
-    """The accuracy of the network in ``checkpoint`` at every grid point, on its run's test set as ``options``
-    trim it; the model and the data are checked before the first image is encoded."""
+def load_evaluation(checkpoint: Path, options: NoiseOptions) -> tuple[SQDRCNN, DataLoader]:
+    """The network in ``checkpoint`` and its run's test set as ``options`` trim it, both checked."""
     run_dir = run_dir_of(checkpoint)
-    net = load_net(checkpoint)
-    loader = evaluation_loader(load_run_config(run_dir), run_dir / CONFIG, options)
+    return load_net(checkpoint), evaluation_loader(load_run_config(run_dir), run_dir / CONFIG, options)
+
+
+def evaluate_net(net: SQDRCNN, loader: DataLoader, points: list[GridPoint], options: NoiseOptions) -> list[Result]:
     torch.manual_seed(options.seed)  # rate coding draws its spikes here, once for the whole grid
     return evaluate(net, encode(net, loader), points, options.shots, options.seed)
+
+
+def evaluate_checkpoint(checkpoint: Path, options: NoiseOptions, points: list[GridPoint]) -> list[Result]:
+    """The accuracy of the network in ``checkpoint`` at every grid point."""
+    return evaluate_net(*load_evaluation(checkpoint, options), points, options)
 
 
 def run(options: NoiseOptions) -> list[Result]:
@@ -139,9 +145,10 @@ def run(options: NoiseOptions) -> list[Result]:
     checkpoint = find_checkpoint(options.ckpt)
     run_dir = run_dir_of(checkpoint)
     run_config = load_run_config(run_dir)
+    net, loader = load_evaluation(checkpoint, options)
     out_dir = check_writable(Path(options.out) if options.out else run_dir / "noise")
     print(f"checkpoint: {checkpoint}", flush=True)
-    results = evaluate_checkpoint(checkpoint, options, grid_points(options.channels, options.levels, options.preset))
+    results = evaluate_net(net, loader, grid_points(options.channels, options.levels, options.preset), options)
 
     paths = write_outputs(results, out_dir)
     print(accuracy_table(results))
