@@ -188,9 +188,14 @@ class SQDRCLI(LightningCLI):
             tested = min(len(self.datamodule.data_test), sum(self.trainer.num_test_batches) * self.datamodule.hparams.batch_size)
             which = "best checkpoint" if best else "final weights"
             print(f"test accuracy: {results[0]['test/acc']:.2%}  ({which}, {tested} images)")
-            for key, value in sorted(results[0].items()):
-                if key.startswith("test/acc_"):
-                    print(f"test accuracy on {key.removeprefix('test/acc_')}: {value:.2%} (certification subset)")
+            certified = {k.removeprefix("test/acc_"): v for k, v in results[0].items() if k.startswith("test/acc_")}
+            subset = certified.pop("certified_subset", None)
+            samples = self.model.certification.samples
+            images = "every test image" if samples == "all" else f"the first {samples} test images"
+            for engine, value in certified.items():
+                gap = results[0][f"test/max_logit_diff_{engine}"]
+                print(f"certified on {engine}: {value:.2%} on {images}, where the trained engine scores "
+                      f"{subset:.2%}; largest logit difference {gap:.1e}")
         self.finish_loggers()
         self._say_where()
 
