@@ -323,7 +323,7 @@ def stage_by_kernels(encoder: SpikingEncoder, frames: torch.Tensor, pool: bool) 
     """The first stage as the fast encoder runs it: the kernel convolution, then batch norm, neurons and pool."""
     steps, batch = frames.shape[:2]
     conv, norm, neuron = encoder.convs[0], encoder.norms[0], encoder.conv_neurons[0]
-    spikes = encoder._stage(frames.flatten(0, 1), steps, conv, norm, neuron, pool)
+    spikes = encoder._kernel_stage(frames.flatten(0, 1), steps, conv, norm, neuron, pool)
     return spikes.view(steps, batch, *spikes.shape[1:])
 
 

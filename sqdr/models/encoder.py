@@ -22,6 +22,7 @@ from torch import nn
 from sqdr.models.neurons import spiking_neurons
 from sqdr.models.stage import conv3x3, norm_fire_pool, onednn_convolution
 
+Backend = Literal["auto", "kernels", "torch"]
 Convolution = Literal["full", "separable"]
 Neuron = Literal["if", "leaky"]
 Projection = Literal["linear", "spatial"]
@@ -149,6 +150,10 @@ class SpikingEncoder(nn.Module):
 
     ``convolution``: ``full`` 3x3 convolutions, or ``separable`` ones after the first stage
     (:class:`SeparableConv2d`), which cost about a ninth of the weights at the same width.
+
+    ``backend``: ``kernels`` runs the stages on the numba kernels above (CPU tensors only); ``torch`` on plain
+    PyTorch modules with snnTorch's neurons stepped through time, which any device runs (the formulation the
+    kernels are tested against); ``auto`` picks ``kernels`` for tensors on the CPU and ``torch`` elsewhere.
     """
 
     def __init__(
@@ -165,8 +170,12 @@ class SpikingEncoder(nn.Module):
         bn_momentum: float = REFERENCE_BN_MOMENTUM,
         projection: Projection = "linear",
         project_norm: ProjectNorm = "none",
+        backend: Backend = "auto",
     ) -> None:
         super().__init__()
+        if backend not in ("auto", "kernels", "torch"):
+            raise ValueError(f"Unknown backend {backend!r}; choose 'auto', 'kernels' or 'torch'.")
+        self.backend = backend
         if channels is None:
             channels = [2 * in_channels, 4 * in_channels, 8 * in_channels]
         channels = list(channels)
@@ -198,20 +207,33 @@ class SpikingEncoder(nn.Module):
 
     def _encode(self, frames: torch.Tensor) -> torch.Tensor:
         steps, batch = frames.shape[:2]
+        kernels = self.uses_kernels(frames)
         x = frames.reshape(steps * batch, *frames.shape[2:])
         last = len(self.convs) - 1
         for stage, (conv, norm, neuron) in enumerate(zip(self.convs, self.norms, self.conv_neurons)):
             pool = not (stage == last and self.projection == "spatial")
-            x = self._stage(x, steps, conv, norm, neuron, pool)
+            stage_function = self._kernel_stage if kernels else self._torch_stage
+            x = stage_function(x, steps, conv, norm, neuron, pool)
         if self.projection == "spatial":
             # (T*B, 3, g, g) -> rates (B, 3, g*g) -> qubit-major (B, g*g * 3): feature 3 * cell + channel
             rates = self.grid_pool(x).view(steps, batch, x.shape[1], -1).mean(0)
             return rates.transpose(1, 2).flatten(1)
         currents = self.project_norm(self.project(self.global_pool(x).flatten(1)))
-        return self._fire(self.out_neuron, currents.view(steps, batch, -1)).mean(0)
+        fire_function = fire if kernels else run_neuron
+        return fire_function(self.out_neuron, currents.view(steps, batch, -1)).mean(0)
+
+    def uses_kernels(self, frames: torch.Tensor) -> bool:
+        """Whether this call runs on the numba kernels: ``backend`` ``kernels``, or ``auto`` with CPU tensors."""
+        if self.backend == "kernels" and frames.device.type != "cpu":
+            raise ValueError(
+                f"backend='kernels' runs on the CPU only, but the images are on {frames.device}; "
+                "use backend 'torch' or 'auto' on other devices."
+            )
+        return self.backend == "kernels" or (self.backend == "auto" and frames.device.type == "cpu")
 
     @staticmethod
-    def _stage(x: torch.Tensor, steps: int, conv: nn.Conv2d, norm: nn.BatchNorm2d, neuron: snn.Leaky, pool: bool):
+    def _kernel_stage(x: torch.Tensor, steps: int, conv: nn.Module, norm: nn.BatchNorm2d, neuron: snn.Leaky,
+                      pool: bool) -> torch.Tensor:
         """One stage on frames ``(T * B, C, H, W)``: two autograd nodes, the convolution and the rest."""
         kernel = isinstance(conv, nn.Conv2d) and (
             conv.in_channels < NARROW or conv.in_channels * conv.out_channels <= FEW_PAIRS or x.numel() < SMALL
@@ -220,9 +242,12 @@ class SpikingEncoder(nn.Module):
         spikes = norm_fire_pool(currents.view(steps, -1, *currents.shape[1:]), norm, neuron, pool)
         return spikes.flatten(0, 1)
 
-    @staticmethod
-    def _fire(neuron: snn.Leaky, currents: torch.Tensor) -> torch.Tensor:
-        return fire(neuron, currents)
+    def _torch_stage(self, x: torch.Tensor, steps: int, conv: nn.Module, norm: nn.BatchNorm2d, neuron: snn.Leaky,
+                     pool: bool) -> torch.Tensor:
+        """The same stage as PyTorch modules and snnTorch's neuron stepped through time (any device)."""
+        currents = norm(conv(x))
+        spikes = run_neuron(neuron, currents.view(steps, -1, *currents.shape[1:])).flatten(0, 1)
+        return self.pool(spikes) if pool else spikes
 
 
 class SeparableConv2d(nn.Sequential):
@@ -281,21 +306,13 @@ def make_project_norm(project_norm: ProjectNorm, features: int, momentum: float)
 
 
 class ReferenceSpikingEncoder(SpikingEncoder):
-    """The same network with snnTorch's neurons stepped one time step at a time and plain convolutions.
-
-    The plain formulation :class:`SpikingEncoder` is checked against (outputs and gradients), and the
-    baseline ``sqdr bench`` times it beside. Same constructor and ``state_dict`` as :class:`SpikingEncoder`.
+    """:class:`SpikingEncoder` with ``backend='torch'`` on every call, large evaluation batches included: the plain
+    formulation the kernels are checked against (outputs and gradients), and the baseline ``sqdr bench`` times
+    beside them. Same constructor and ``state_dict`` as :class:`SpikingEncoder`.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs, backend="torch")
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self._encode(frames)
-
-    def _stage(self, x: torch.Tensor, steps: int, conv: nn.Conv2d, norm: nn.BatchNorm2d, neuron: snn.Leaky,
-               pool: bool) -> torch.Tensor:
-        currents = norm(conv(x))
-        spikes = run_neuron(neuron, currents.view(steps, -1, *currents.shape[1:])).flatten(0, 1)
-        return self.pool(spikes) if pool else spikes
-
-    @staticmethod
-    def _fire(neuron: snn.Leaky, currents: torch.Tensor) -> torch.Tensor:
-        return run_neuron(neuron, currents)

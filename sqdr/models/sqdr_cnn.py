@@ -15,6 +15,7 @@ from sqdr.models.circuit import Init, ReuploadCircuit
 from sqdr.models.coding import SpikeCoder, SpikeCoding
 from sqdr.models.encoder import (
     REFERENCE_BN_MOMENTUM,
+    Backend,
     Convolution,
     Neuron,
     Projection,
@@ -116,6 +117,8 @@ class SQDRCNN(nn.Module):
             widths and exactly its trainable parameters, which ``n_blocks``, ``readout`` and the angle options
             set) or ``none`` (the features straight into a head widened to the circuit's and head's parameters
             together). The circuit's other options then do not apply.
+        backend: how the encoder computes: ``kernels`` (numba, CPU only), ``torch`` (plain PyTorch, any device)
+            or ``auto`` (``kernels`` for CPU tensors, ``torch`` otherwise); the numbers agree to float rounding.
     """
 
     #: The parts whose parameters are counted (and whose gradient norms are logged) separately.
@@ -156,6 +159,7 @@ class SQDRCNN(nn.Module):
         head_relu: bool = False,
         quantum: bool = True,
         classical_map: ClassicalMap = "tanh_layer",
+        backend: Backend = "auto",
     ) -> None:
         super().__init__()
         if not quantum and (noise is not None or shots is not None):
@@ -182,6 +186,7 @@ class SQDRCNN(nn.Module):
             bn_momentum=bn_momentum,
             projection=projection,
             project_norm=project_norm,
+            backend=backend,
         )
         circuit_options = dict(
             n_qubits=n_qubits,
