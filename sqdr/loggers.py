@@ -28,7 +28,9 @@ class RunCSVLogger(CSVLogger):
 
     Lightning's CSV writer starts a fresh file. When a run resumes from a checkpoint taken at global step
     ``resume_step``, the rows logged before that step are carried over and the rows after it (logged by the
-    interrupted attempt, and about to be logged again) are dropped, so the file has no duplicated rows.
+    interrupted attempt, and about to be logged again) are dropped, so the file has no duplicated rows. The
+    history is never only in memory: ``metrics.csv`` is renamed to ``metrics.csv.resumed`` before the writer
+    starts, and removed once the new file holds its rows; a run killed in between reads the renamed file again.
     """
 
     def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
@@ -53,18 +55,28 @@ class RunCSVLogger(CSVLogger):
     @property
     def experiment(self):
         if self._experiment is None:
-            history = self._history()  # read before the writer starts a fresh file
+            kept = self._keep_history()  # moved aside before the writer starts a fresh file
             experiment = CSVLogger.experiment.fget(self)
-            for row in history:
-                step = int(float(row.pop("step")))
-                experiment.log_metrics({k: _number(v) for k, v in row.items() if v != ""}, step)
+            if kept is not None:
+                for row in self._history(kept):
+                    step = int(float(row.pop("step")))
+                    experiment.log_metrics({k: _number(v) for k, v in row.items() if v != ""}, step)
+                experiment.save()
+                kept.unlink()
             return experiment
         return self._experiment
 
-    def _history(self) -> list[dict[str, str]]:
-        path = Path(self.log_dir) / "metrics.csv"
-        if self._resume_step is None or not path.is_file():
-            return []
+    def _keep_history(self) -> Path | None:
+        """The resumed run's history, renamed so that no writer deletes it (None for a new run)."""
+        current = Path(self.log_dir) / "metrics.csv"
+        kept = current.with_name("metrics.csv.resumed")
+        if self._resume_step is None:
+            return None
+        if current.is_file():  # newer than a kept file left by an attempt killed after writing it
+            os.replace(current, kept)
+        return kept if kept.is_file() else None
+
+    def _history(self, path: Path) -> list[dict[str, str]]:
         with path.open(newline="") as file:
             rows = list(csv.DictReader(file))
         return [row for row in rows if int(float(row["step"])) < self._resume_step]

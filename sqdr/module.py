@@ -11,6 +11,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+from jsonargparse.typing import NonNegativeFloat
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
@@ -108,7 +109,7 @@ class SQDRModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr: float = 1e-3,
         circuit_lr: float | None = None,
-        weight_decay: float = 0.0,
+        weight_decay: NonNegativeFloat = 0.0,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         certify_engine: CertifyEngine = "auto",
@@ -140,7 +141,11 @@ class SQDRModule(L.LightningModule):
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
-        self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run keeps its best accuracy so far
+        # In checkpoints: a resumed run keeps its best accuracy so far, and an epoch resumed from within averages
+        # its training metrics over all of its batches, those before the interruption included.
+        for metric in (self.val_acc_best, self.train_acc, self.train_loss):
+            metric.persistent(True)
+        self._resumed_within_epoch = False
         self._resumed_rng: dict[str, Any] | None = None
         self._epoch_metrics_logged = False
         if freeze_encoder:
@@ -198,12 +203,16 @@ class SQDRModule(L.LightningModule):
                 logger.log_metrics({f"params/{k}": v for k, v in summary["params"].items()}, step=0)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Random states too: a resumed run then draws the same shuffles, spikes and flips as an uninterrupted one."""
+        """Random states too: a resumed run then draws the same shuffles, spikes and flips as an uninterrupted one.
+        The loggers write out what they hold, so the history on disk reaches the checkpoint's step."""
         checkpoint["rng_states"] = rng_states()
+        for logger in self.loggers:
+            logger.save()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resumed_rng = checkpoint.get("rng_states")
         batches_done = batches_done_within_epoch(checkpoint)
+        self._resumed_within_epoch = batches_done > 0
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         if batches_done and hasattr(datamodule, "resume_within_epoch"):
             datamodule.resume_within_epoch(batches_done)
@@ -224,6 +233,10 @@ class SQDRModule(L.LightningModule):
         """A frozen encoder runs in evaluation mode, so its batch-norm statistics stay those it was trained with
         (Lightning puts every module in training mode before this hook and restores modes after validation)."""
         self._epoch_metrics_logged = False
+        if not self._resumed_within_epoch:  # a checkpoint from an epoch's end holds that epoch's sums
+            self.train_acc.reset()
+            self.train_loss.reset()
+        self._resumed_within_epoch = False
         if self.hparams.freeze_encoder:
             self.net.encoder.eval()
 

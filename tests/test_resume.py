@@ -79,6 +79,15 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path):
     assert len(rows) == len(set(rows)), "metrics.csv has duplicated rows"
     epochs = sorted({int(r["epoch"]) for r in metrics(run) if r.get("train/loss")})
     assert epochs == list(range(EPOCHS))
+    # Every row, the interrupted epoch's training averages and gradient norms included, is the uninterrupted
+    # run's (throughput aside, which measures the machine).
+    assert history(run) == history(tmp_path / "whole" / "tiny" / "version_0")
+    assert not (run / "metrics.csv.resumed").exists()
+
+
+def history(run: Path) -> list[dict[str, str]]:
+    rows = [{k: v for k, v in r.items() if v and k != "train/images_per_s"} for r in metrics(run)]
+    return sorted((row for row in rows if len(row) > 2), key=lambda row: (int(row["step"]), sorted(row)))
 
 
 def test_an_explicit_option_that_contradicts_the_checkpoint_is_an_error(tmp_path, capsys):
