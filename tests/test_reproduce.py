@@ -283,6 +283,7 @@ def test_paired_difference_has_a_student_t_interval_and_says_which_rows_differ(t
         "significant." in markdown
     )
     assert "no_circuit is 0.33 points above winner" in markdown and "not significant (the interval includes 0)" in markdown
+    assert (tmp_path / "out" / "figures" / "reproduce_twins_fashion_mnist_paired.png").stat().st_size > 10_000
 
 
 def test_baselines_keep_the_parameter_split_and_skip_certification():

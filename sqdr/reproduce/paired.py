@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 from scipy import stats
 
 from sqdr.reproduce.runner import Record
@@ -70,3 +71,23 @@ def paired_findings(table: pd.DataFrame) -> list[str]:
             f"{row['paired_high']:+.2f}): {verdict}."
         )
     return lines
+
+
+def plot_paired(table: pd.DataFrame, dataset: str) -> Figure:
+    """Each row's paired difference to the data set's first row, with its interval: rows at one parameter count
+    (a hybrid and its twins) overlap in accuracy against parameters, and here they do not."""
+    rows = table[(table["dataset"] == dataset) & table["paired_low"].notna()].iloc[::-1]
+    reference = table.loc[table["dataset"] == dataset, "variant"].iloc[0]
+    fig = Figure(figsize=(7, 0.5 * len(rows) + 1.5), layout="constrained")
+    ax = fig.subplots()
+    for position, (_, row) in enumerate(rows.iterrows()):
+        error = [[row["paired_diff"] - row["paired_low"]], [row["paired_high"] - row["paired_diff"]]]
+        color = "tab:red" if row["paired_significant"] else "tab:grey"
+        ax.errorbar(row["paired_diff"], position, xerr=error, fmt="o", color=color, capsize=4)
+    ax.axvline(0, color="black", linewidth=0.8)
+    labels = [f"{v} ({int(n)} seeds)" for v, n in zip(rows["variant"], rows["paired_seeds"])]
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.set(xlabel=f"test accuracy minus {reference}'s, same seeds (points; {CONFIDENCE:.0%} CI, red: excludes 0)",
+           title=f"{dataset}: paired differences to {reference}")
+    ax.grid(True, axis="x", alpha=0.3)
+    return fig

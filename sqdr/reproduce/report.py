@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from sqdr.errors import UserError
 from sqdr.files import atomic_write, write_figure, write_text
-from sqdr.reproduce.paired import CONFIDENCE, interval, paired_difference, paired_findings
+from sqdr.reproduce.paired import CONFIDENCE, interval, paired_difference, paired_findings, plot_paired
 from sqdr.reproduce.runner import PARTS, Record, headline
 
 PUBLISHED_COLUMNS = ("dataset", "model", "accuracy", "params", "source")
@@ -274,4 +274,8 @@ def write_report(records: list[Record], published: pd.DataFrame, out: Path, budg
         written.append(write_figure(plot_curves(records, dataset), figures / f"{name}_{dataset}_curves.png", dpi=120))
         pareto = plot_pareto(table, published, dataset)
         written.append(write_figure(pareto, figures / f"{name}_{dataset}_params.png", dpi=120))
+        others = table[(table["dataset"] == dataset) & table["paired_low"].notna()]
+        if len(others) > 1:  # the first row pairs with itself
+            paired = plot_paired(table, dataset)
+            written.append(write_figure(paired, figures / f"{name}_{dataset}_paired.png", dpi=120))
     return written
