@@ -76,8 +76,9 @@ def paired_findings(table: pd.DataFrame) -> list[str]:
 def plot_paired(table: pd.DataFrame, dataset: str) -> Figure:
     """Each row's paired difference to the data set's first row, with its interval: rows at one parameter count
     (a hybrid and its twins) overlap in accuracy against parameters, and here they do not."""
-    rows = table[(table["dataset"] == dataset) & table["paired_low"].notna()].iloc[::-1]
     reference = table.loc[table["dataset"] == dataset, "variant"].iloc[0]
+    rows = table[(table["dataset"] == dataset) & table["paired_low"].notna() & (table["variant"] != reference)]
+    rows = rows.iloc[::-1]  # top to bottom in the table's order
     fig = Figure(figsize=(7, 0.5 * len(rows) + 1.5), layout="constrained")
     ax = fig.subplots()
     for position, (_, row) in enumerate(rows.iterrows()):
