@@ -2,7 +2,7 @@
 
 Each sub-command's module is imported only when that command runs, so ``sqdr --help`` costs no torch import.
 The process is configured (:func:`sqdr.runtime.configure`) before a sub-command runs, so before torch is imported.
-User mistakes in any sub-command end on the same path: :func:`sqdr.errors.exit_with`.
+Failures a user can fix, in any sub-command, end on the same path: :func:`sqdr.errors.exit_with`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from sqdr.errors import UserError, exit_with
+from sqdr.errors import exit_with, explain
 from sqdr.runtime import configure
 
 USAGE = """usage: sqdr {fit,validate,test,predict,sweep,noise,report,bench,reproduce} ...
@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> None:
         configure()
     try:
         command(args if command is _lightning else args[1:])
-    except (UserError, ValueError) as error:  # model and data options raise ValueError for impossible values
+    except Exception as error:  # what a user can fix ends in one line (errors.explain); a bug keeps its traceback
+        if explain(error) is None:
+            raise
         exit_with(error)
 
 

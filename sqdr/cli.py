@@ -19,10 +19,12 @@ from jsonargparse.typing import PositiveInt
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from sqdr.callbacks import default_callbacks
+from sqdr.checkpoint_io import AtomicCheckpointIO
 from sqdr.data import ImageDataModule
-from sqdr.errors import UserError
+from sqdr.errors import UserError, debug_enabled
 from sqdr.files import check_writable
 from sqdr.loggers import RunCSVLogger, wandb_mode
 from sqdr.models import SQDRCNN
@@ -38,11 +40,94 @@ RENAMED_OPTIONS = {
     ),
 }
 
+#: What the data gives the network (the checkpoint's ``net.init_args`` key, the data module's attribute, in words).
+DATA_SHAPES = (("in_channels", "in_channels", "channel(s)"), ("num_classes", "num_classes", "classes"),
+               ("image_size", "image_hw", "pixels per image side"))  # fmt: skip
+
 #: Model options that change the network's shape or function: a checkpoint and an explicit option must agree.
 SHAPE_OPTIONS = (
     "time_steps", "n_qubits", "n_blocks", "coding", "encoder_channels", "convolution", "neuron",
     "entangler", "head", "head_hidden", "head_relu",
 )  # fmt: skip
+
+
+class SQDRParser(LightningArgumentParser):
+    """The fit CLI's parser: a bad option or value ends as one :class:`UserError` line, not usage and a dump."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:  # jsonargparse's inner parsers: their caller handles the ArgumentError
+            super().error(message, ex)
+        subcommand = [word for word in self.prog.split()[1:] if not word.startswith("[")]  # "sqdr [options] test"
+        command = f"sqdr {subcommand[-1] if subcommand else 'fit'}"
+        error = UserError(f"{parse_error_line(message)}; see `{command} --help`.")
+        if debug_enabled():
+            raise error from ex
+        raise error from None
+
+
+def parse_error_line(message: str) -> str:
+    """jsonargparse's nested message as ``--option: reason``.
+
+    It nests one ``Parser key "k":`` level per option and class, and for a union (``int | None``, a preset name or
+    a dict, ...) lists why each alternative failed; the reason that matters is the one alternative that is not a
+    mere type mismatch, else the types that would have been accepted.
+    """
+    keys, reason = _reduce_parse_error(message.splitlines())
+    return f"--{'.'.join(keys)}: {reason}" if keys else reason
+
+
+def _reduce_parse_error(lines: list[str]) -> tuple[list[str], str]:
+    keys: list[str] = []
+    lines = [line for line in lines if line.strip() and "- Expected a path but" not in line]  # not a config file
+    while lines:
+        line = lines[0].strip()
+        if line.startswith('Parser key "'):
+            key, _, rest = line.removeprefix('Parser key "').partition('"')
+            keys.append(key)
+            lines = ([rest.removeprefix(":").strip()] if rest.removeprefix(":").strip() else []) + lines[1:]
+        elif line.startswith("Problem with given class_path") and line.endswith(":"):
+            keys.append("init_args")
+            lines = lines[1:]
+        else:
+            break
+    if not lines:
+        return keys, "invalid value"
+    if lines[0].strip().removeprefix("- ") != "Does not validate against any of the Union subtypes":
+        return keys, _plain_reason(" ".join(line.strip().removeprefix("- ") for line in lines))
+    indent = next(len(line) - len(line.lstrip()) for line in lines if line.strip() == "Errors:")
+    alternatives: list[list[str]] = []
+    given = ""
+    for line in lines:
+        depth, text = len(line) - len(line.lstrip()), line.strip()
+        if depth == indent and text.startswith("Given value: "):
+            given = text.removeprefix("Given value: ")
+        elif depth == indent + 2 and text.startswith("- "):
+            alternatives.append([line[depth + 2:]])
+        elif depth > indent + 2 and alternatives:
+            alternatives[-1].append(line)
+    expected, real = [], []
+    for alternative in alternatives:
+        first = alternative[0].strip()
+        if len(alternative) == 1 and first.startswith("Expected a ") and ". Got value" not in first:
+            expected.append(_plain_reason(first.removeprefix("Expected a ")))
+        else:
+            real.append(alternative)
+    if real:  # the alternative that got past its type check failed for a reason of its own
+        text = "\n".join(real[0])
+        if 'Parser key "' in text:
+            inner_keys, reason = _reduce_parse_error(text[text.index('Parser key "'):].splitlines())
+            return keys + inner_keys, reason
+        return keys, f"{_plain_reason(' '.join(line.strip() for line in real[0]))} (given {given})"
+    return keys, f"expected {', '.join(expected[:-1]) + ' or ' if len(expected) > 1 else ''}{expected[-1]}, got {given}"
+
+
+def _plain_reason(reason: str) -> str:
+    """Type names as a user writes them: ``<class 'int'>`` -> ``int``, ``NoneType`` -> ``null``."""
+    for verbose, plain in (("<class '", ""), ("'>", ""), ("jsonargparse.typing.", ""), ("typing.", ""),
+                           ("collections.abc.", ""), ("NoneType", "null"), (". Got value: ", ", got "),
+                           ("Expected a ", "expected ")):  # fmt: skip
+        reason = reason.replace(verbose, plain)
+    return reason.split(", got Namespace(")[0].rstrip(".")
 
 
 class SQDRCLI(LightningCLI):
@@ -91,6 +176,7 @@ class SQDRCLI(LightningCLI):
         checkpoint = read_checkpoint(ckpt_path)
         self._check_conflicts(checkpoint.get("hyper_parameters", {}), ckpt_path)
         self._resume = (Path(ckpt_path), int(checkpoint.get("global_step", 0)))
+        self._checkpoint_net = (checkpoint.get("hyper_parameters", {}).get("net") or {}).get("init_args") or {}
 
     def _check_conflicts(self, hparams: dict[str, Any], ckpt_path: str) -> None:
         """An option set away from its default that disagrees with the checkpoint's model is an error."""
@@ -108,11 +194,28 @@ class SQDRCLI(LightningCLI):
                     "new run without --ckpt_path."
                 )
 
+    def _check_data_matches_checkpoint(self) -> None:
+        """Data whose images or classes differ from the checkpoint's model is refused before any weight is loaded
+        (the state dict would fail with a tensor-size error) and before a run directory is claimed."""
+        stored, resume = getattr(self, "_checkpoint_net", None), getattr(self, "_resume", None)
+        if not stored or resume is None:
+            return
+        data = type(self.datamodule).__name__
+        for key, attribute, words in DATA_SHAPES:
+            given = getattr(self.datamodule, attribute, None)
+            if key in stored and given is not None and _plain(stored[key]) != _plain(given):
+                raise UserError(
+                    f"the checkpoint {resume[0]} holds a model for {_plain(stored[key])} {words}, but the data "
+                    f"({data}) gives {_plain(given)} {words}; use the data it was trained on (drop the --data "
+                    "options that change it), or train a new run on this data."
+                )
+
     def _run_config(self):
         return self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
 
     # -- trainer -------------------------------------------------------------------------------------
     def instantiate_trainer(self, **kwargs: Any):
+        self._check_data_matches_checkpoint()
         config = self._run_config()
         callbacks = list(self._get(self.config_init, "trainer", default={}).get("callbacks") or [])
         loggers = self._make_loggers(config)
@@ -136,7 +239,16 @@ class SQDRCLI(LightningCLI):
                     )
                 )
         kwargs["callbacks"] = [*callbacks, *default_callbacks(interactive=sys.stdout.isatty())]
-        return super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except BaseException:  # e.g. an accelerator this machine lacks: no empty run directory is left behind
+            for logger in loggers:
+                if isinstance(logger, RunCSVLogger):
+                    logger.finalize("failed")
+            raise
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the user configured in plugins
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def _make_loggers(self, config) -> list[Logger]:
         if config.trainer.get("logger") not in (None, True):
@@ -228,7 +340,9 @@ def _refuse_renamed_options(args: list[str]) -> None:
     values: dict[str, Any] = {}
     for flag, value in zip(args, args[1:]):
         if flag == "--config" and Path(value).is_file():
-            model = (yaml.safe_load(Path(value).read_text()) or {}).get("model") or {}
+            path = Path(value)  # named so: a malformed file is reported with its name (errors.explain)
+            document = yaml.safe_load(path.read_text())
+            model = (document.get("model") if isinstance(document, dict) else None) or {}  # else the parser says
             values.update({f"model.{k}": v for k, v in model.items() if isinstance(model, dict)})
         elif flag.startswith("--model."):
             values[flag.removeprefix("--")] = value
@@ -278,6 +392,7 @@ def make_cli(args: list[str] | None = None, *, run: bool = True, callbacks: list
         args=args,
         run=run,
         parser_kwargs={"allow_abbrev": False},
+        parser_class=SQDRParser,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"enable_progress_bar": sys.stdout.isatty(), "callbacks": list(callbacks or [])},
         auto_configure_optimizers=False,

@@ -33,6 +33,16 @@ from sqdr.sweep.storage import StaleTrialCallback, masked, open_storage, storage
 FAILED_MARKER = "FAILED"
 #: Keys the sweep sets itself in every trial; a study file must not fix or search them.
 RESERVED_CONFIG_KEYS = ("runs_dir", "experiment", "logger", "wandb_group")
+#: Every metric a trial can report (logged by sqdr.module, sqdr.callbacks and sqdr.certify; ``test/...`` when the
+#: study tests after fit): an objective outside it would fail every trial, so it is refused before the first.
+LOGGED_METRICS = (
+    "val/acc_best", "val/acc", "val/loss", "train/acc", "train/loss", "train/acc_running", "train/loss_running",
+    "train/images_per_s", "test/acc", "test/loss", "test/acc_certified_subset",
+    *(f"params/{part}" for part in ("total", "encoder", "circuit", "head")),
+    *(f"grad_norm/{part}" for part in ("encoder", "circuit", "head")),
+    *(f"test/{kind}_{engine}" for kind in ("acc", "max_logit_diff")
+      for engine in ("lightning", "default.qubit", "default.mixed")),
+)  # fmt: skip
 
 
 @dataclass
@@ -252,6 +262,12 @@ def _check(spec: StudySpec) -> None:
     where = spec.path
     if not spec.objectives:
         raise UserError(f"{where}: objectives is empty; add one, e.g. [{{metric: val/acc_best, direction: maximize}}].")
+    unknown = [o.metric for o in spec.objectives if o.metric not in LOGGED_METRICS]
+    if unknown:
+        raise UserError(
+            f"{where}: objective metric(s) {', '.join(unknown)} are never logged by a trial; "
+            f"choose from {', '.join(LOGGED_METRICS)}."
+        )
     for key, dimension in spec.space.items():
         try:
             dimension.distribution()
