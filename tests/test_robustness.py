@@ -245,7 +245,7 @@ def test_help_explains_every_option(capsys):
 
 def test_every_noise_command_in_the_readme_parses_as_written():
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### Robustness of a trained model"):readme.index("## Sweeps")]
+    section = readme[readme.index("## Noise"):readme.index("## Sweeps")]
     commands = [shlex.split(line.split("#")[0])[2:] for line in section.splitlines() if line.startswith("sqdr noise ")]
     assert len(commands) >= 3
     for argv in commands:
